@@ -1,0 +1,142 @@
+"""Train the toy text-to-image model (text encoder + UNet, jointly) on freshly rendered scenes.
+
+    python -m erasure.toyworld.train [--steps N] [--out PATH] [--seed S]
+
+Every batch is rendered on the fly from a seeded generator, so a run is reproducible from its seed and
+never sees the same image twice. The EMA weights are saved (safetensors + JSON config sidecar) every
+``checkpoint_every`` steps and at the end; a wall-clock guard stops early (and records it) if the
+machine is slower than planned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .config import ModelConfig, TrainConfig, WorldConfig, to_dict
+from .io import MODEL_FILE, WEIGHTS_DIR, config_meta, save_weights
+from .model import ToyModel
+from .renderer import render_batch, vocabulary
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def diffusion_loss(
+    model: ToyModel, images: torch.Tensor, captions: list[str], gen: torch.Generator
+) -> torch.Tensor:
+    """Epsilon-prediction MSE at uniformly drawn timesteps."""
+    b = images.shape[0]
+    t = torch.randint(0, model.cfg.num_train_timesteps, (b,), generator=gen)
+    noise = torch.randn(images.shape, generator=gen)
+    ab = model.alphas_cumprod[t][:, None, None, None]
+    x_t = ab.sqrt() * images + (1 - ab).sqrt() * noise
+    context, mask = model.condition(captions)
+    return F.mse_loss(model.unet(x_t, t, context, mask), noise)
+
+
+@torch.no_grad()
+def ema_update(ema: ToyModel, model: ToyModel, decay: float) -> None:
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1.0 - decay)
+
+
+def train(
+    world: WorldConfig,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    out: Path | None,
+    progress: bool = True,
+) -> tuple[ToyModel, dict]:
+    """Train and return the EMA model and a stats dict; saves to ``out`` if given."""
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.num_threads)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    vocab = vocabulary(world)
+    model = ToyModel(vocab, model_cfg)
+    ema = copy.deepcopy(model).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    meta = config_meta(world, model_cfg, vocab)
+    meta["train"] = to_dict(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    start = time.time()
+    losses: list[float] = []
+    stopped_early = False
+    step = 0
+
+    def save(final: bool) -> None:
+        if out is None:
+            return
+        stats = {
+            "steps_done": step,
+            "seconds": round(time.time() - start, 1),
+            "final": final,
+            "stopped_early": stopped_early,
+            "parameters": n_params,
+            "loss_last_100": float(np.mean(losses[-100:])) if losses else None,
+        }
+        save_weights(out, ema.state_dict(), {**meta, "stats": stats})
+
+    bar = tqdm(range(cfg.steps), disable=not progress, desc="toyworld train")
+    for step in bar:
+        images, _, captions = render_batch(rng, cfg.batch_size, world)
+        captions = ["" if rng.random() < cfg.caption_dropout else c for c in captions]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss = diffusion_loss(model, torch.from_numpy(images), captions, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0:
+            save(final=False)
+        if time.time() - start > cfg.max_minutes * 60:
+            stopped_early = True
+            break
+    step += 1
+    save(final=True)
+    return ema, {"steps_done": step, "seconds": time.time() - start, "stopped_early": stopped_early}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--max-minutes", type=float, default=TrainConfig.max_minutes)
+    p.add_argument("--threads", type=int, default=TrainConfig.num_threads)
+    p.add_argument("--out", type=Path, default=WEIGHTS_DIR / MODEL_FILE)
+    args = p.parse_args(argv)
+    cfg = replace(
+        TrainConfig(),
+        steps=args.steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_minutes=args.max_minutes,
+        num_threads=args.threads,
+    )
+    _, stats = train(WorldConfig(), ModelConfig(), cfg, args.out)
+    print(f"trained {stats['steps_done']} steps in {stats['seconds']:.0f} s -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
