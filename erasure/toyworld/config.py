@@ -108,6 +108,7 @@ class WorldConfig:
 class ModelConfig:
     """Shape of the text encoder and the UNet denoiser."""
 
+    image_size: int = 32
     max_tokens: int = 10  # BOS + up to 8 words + EOS
     text_width: int = 64
     text_layers: int = 2

@@ -36,7 +36,7 @@ def sample(
     """Images ``[N, 3, H, W]`` in [0, 1] for ``prompts[i]`` from ``seeds[i]``; processed in batches."""
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-    size = model.cfg.max_tokens and 32
+    size = model.cfg.image_size
     out = []
     for lo in range(0, len(prompts), cfg.batch_size):
         p = list(prompts[lo : lo + cfg.batch_size])

@@ -1,0 +1,128 @@
+"""Is the toy model good? Per-concept generation rates and co-occurrence statistics, scored by the detector.
+
+    python -m erasure.toyworld.quality [--seeds 64] [--unconditional 1200]
+
+Writes ``benchmarks/results/toyworld_quality.json`` and a sample grid PNG. The claims checked:
+
+* every single-concept prompt ("a boat", "water") shows its concept in >= ``MIN_CONCEPT_RATE`` of samples;
+* P(home background | object) in samples matches the config within ``MAX_COOCCURRENCE_GAP``, both for
+  object-only prompts ("a boat" -> water ~90%) and for unconditional samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import BACKGROUND_ALONE, SamplerConfig, WorldConfig
+from .detector import ConceptDetector, load_detector
+from .grid import labelled_grid, save
+from .io import load_model
+from .model import ToyModel
+from .renderer import object_phrase
+from .sampler import UNCONDITIONAL, sample
+
+MIN_CONCEPT_RATE = 0.90
+MAX_COOCCURRENCE_GAP = 0.05
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+GRID_SAMPLES = 8
+QUALITY_SEED_BASE = 10_000
+
+
+def single_concept_prompts(world: WorldConfig) -> list[tuple[str, str]]:
+    """(prompt, concept) for every object ("a boat") and every background ("water")."""
+    return [(object_phrase(o, None), o) for o in world.objects] + [(BACKGROUND_ALONE[b], b) for b in world.backgrounds]
+
+
+def check_quality(
+    model: ToyModel, detector: ConceptDetector, n_seeds: int, n_uncond: int, sampler: SamplerConfig
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    world = detector.world
+    seeds = [QUALITY_SEED_BASE + i for i in range(n_seeds)]
+    single: dict[str, dict] = {}
+    images_by_prompt: dict[str, torch.Tensor] = {}
+    cooc_prompt: dict[str, dict] = {}
+    for prompt, concept in single_concept_prompts(world):
+        images = sample(model, [prompt] * n_seeds, seeds, sampler)
+        images_by_prompt[prompt] = images[:GRID_SAMPLES]
+        det = detector.detect(images)
+        rate = float(detector.present(det, concept).mean())
+        single[prompt] = {"concept": concept, "rate": rate, "pass": rate >= MIN_CONCEPT_RATE}
+        if concept in world.home_background:
+            home, p = world.home_background[concept]
+            got = float(detector.present(det, home).mean())
+            cooc_prompt[concept] = {"home": home, "config": p, "generated": got, "gap": abs(got - p),
+                                    "pass": abs(got - p) <= MAX_COOCCURRENCE_GAP}
+    # unconditional samples: P(home | object detected)
+    useeds = [QUALITY_SEED_BASE + n_seeds + i for i in range(n_uncond)]
+    uimages = sample(model, [UNCONDITIONAL] * n_uncond, useeds, replace(sampler, guidance_scale=1.0))
+    images_by_prompt["<unconditional>"] = uimages[:GRID_SAMPLES]
+    det = detector.detect(uimages)
+    uncond: dict[str, dict] = {}
+    for obj in world.objects:
+        has = detector.present(det, obj)
+        row: dict = {"count": int(has.sum()), "share": float(has.mean())}
+        if obj in world.home_background:
+            home, p = world.home_background[obj]
+            if has.sum() > 0:
+                got = float(detector.present(det, home)[has].mean())
+                se = float(np.sqrt(p * (1 - p) / has.sum()))
+                row.update(home=home, config=p, generated=got, gap=abs(got - p), standard_error=se,
+                           pass_=abs(got - p) <= MAX_COOCCURRENCE_GAP)
+        uncond[obj] = row
+    no_object = ~det.objects.any(axis=1)
+    bg_share = {b: float(detector.present(det, b).mean()) for b in world.backgrounds}
+    result = {
+        "single_concept": single,
+        "single_concept_min_rate": min(v["rate"] for v in single.values()),
+        "single_concept_all_pass": all(v["pass"] for v in single.values()),
+        "cooccurrence_object_prompts": cooc_prompt,
+        "cooccurrence_object_prompts_max_gap": max(v["gap"] for v in cooc_prompt.values()),
+        "cooccurrence_unconditional": uncond,
+        "cooccurrence_unconditional_max_gap": max(v["gap"] for v in uncond.values() if "gap" in v),
+        "unconditional_no_object_share": float(no_object.mean()),
+        "unconditional_config_no_object_share": world.empty_scene_prob,
+        "unconditional_background_share": bg_share,
+        "thresholds": {"min_concept_rate": MIN_CONCEPT_RATE, "max_cooccurrence_gap": MAX_COOCCURRENCE_GAP},
+        "seeds_per_prompt": n_seeds,
+        "unconditional_samples": n_uncond,
+        "sampler": asdict(sampler),
+    }
+    return result, images_by_prompt
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Score the committed toy model with the committed detector.")
+    p.add_argument("--seeds", type=int, default=64)
+    p.add_argument("--unconditional", type=int, default=1200)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    model, _ = load_model()
+    detector = load_detector()
+    result, images = check_quality(model, detector, args.seeds, args.unconditional, SamplerConfig())
+    result["seconds"] = round(time.time() - start, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "toyworld_quality.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    rows = list(images)
+    grid = labelled_grid([[images[r]] for r in rows], rows, ["samples (seeds 0-7)"])
+    save(grid, args.out / "toyworld_samples.png")
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=2))
+    for prompt, row in result["single_concept"].items():
+        print(f"  {prompt:14s} {row['concept']:8s} {row['rate']:.3f}")
+    for obj, row in result["cooccurrence_object_prompts"].items():
+        u = result["cooccurrence_unconditional"][obj]
+        print(f"  {obj:8s} home={row['home']:6s} config={row['config']:.2f} prompt={row['generated']:.3f} "
+              f"uncond={u.get('generated', float('nan')):.3f} (n={u['count']})")
+
+
+if __name__ == "__main__":
+    main()
