@@ -53,6 +53,8 @@ import torch
 
 ACCUMULATE_DTYPE = torch.float64
 """Gram matrices sum up to ~10^4 outer products of vectors with norms ~30: accumulate in float64."""
+FACTOR_DTYPE = torch.float32
+"""Precision of the per-site products ``W P`` (see :meth:`InputSpaceEdit.factors`)."""
 GRAM_CHUNK_ROWS = 4096
 """Rows of stacked vectors per Gram update: bounds the float64 copy to ``4096 x d``."""
 DEFAULT_STRICT_THRESHOLD = 1e-6
@@ -143,17 +145,19 @@ class InputSpaceEdit:
     def rank(self) -> int:
         return int(self.left.shape[1])
 
-    def factors(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """LoRA factors ``(up, down)`` with ``up @ down = W P V^T`` for this site's ``W`` (float64).
+    def factors(self, weight: torch.Tensor, dtype: torch.dtype = FACTOR_DTYPE) -> tuple[torch.Tensor, torch.Tensor]:
+        """LoRA factors ``(up, down)`` with ``up @ down = W P V^T`` for this site's ``W``.
 
+        The system was solved in float64; the per-site product runs in ``dtype`` (float32 by default: one
+        rounding of a well-conditioned product, ~1e-7 relative, and the factors are stored in float32).
         When the rank reaches ``d`` the product is stored with ``down = I`` (still exact, rank ``d``).
         """
-        w = weight.to(device=self.left.device, dtype=ACCUMULATE_DTYPE)
+        w = weight.to(device=self.left.device, dtype=dtype)
         d = self.left.shape[0]
         if self.rank >= d:
-            eye = torch.eye(d, dtype=ACCUMULATE_DTYPE, device=self.left.device)
-            return w @ (self.left @ self.right.T), eye
-        return w @ self.left, self.right.T
+            eye = torch.eye(d, dtype=dtype, device=self.left.device)
+            return w @ (self.left @ self.right.T).to(dtype), eye
+        return w @ self.left.to(dtype), self.right.T.to(dtype)
 
 
 def _gram(rows: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> None:

@@ -26,7 +26,7 @@ def make(n: int = 3, m: int = 20, k: int = 0, seed: int = 0) -> tuple[torch.Tens
 
 def edited(w: torch.Tensor, problem: InputSpaceProblem, lam: float, **kw) -> torch.Tensor:
     edit = solve_input_space(problem, lam, **kw)
-    up, down = edit.factors(w)
+    up, down = edit.factors(w, torch.float64)
     return w + up @ down
 
 
@@ -88,7 +88,7 @@ def test_retained_weight_reduces_retained_drift() -> None:
 def test_strict_mode_keeps_retained_outputs_exactly_and_reports_protected_rank() -> None:
     w, p = make(n=3, m=12)
     edit = solve_input_space(p, 0.1, strict=True)
-    up, down = edit.factors(w)
+    up, down = edit.factors(w, torch.float64)
     w_new = w + up @ down
     before, after = p.retained @ w.T, p.retained @ w_new.T
     assert torch.linalg.norm(after - before) / torch.linalg.norm(before) < 1e-6
@@ -109,14 +109,14 @@ def test_rank_is_number_of_target_and_context_vectors() -> None:
     w, p = make(n=3, m=30, k=2)
     edit = solve_input_space(p, 0.1)
     assert edit.rank == 5
-    up, down = edit.factors(w)
+    up, down = edit.factors(w, torch.float64)
     assert torch.linalg.matrix_rank(up @ down) == 5
 
 
 def test_rank_beyond_width_is_stored_exactly_as_full_product() -> None:
     w, p = make(n=D + 10, m=5)
     edit = solve_input_space(p, 0.1)
-    up, down = edit.factors(w)
+    up, down = edit.factors(w, torch.float64)
     assert up.shape == (OUT, D) and torch.equal(down, torch.eye(D, dtype=torch.float64))
     reference = w @ edit.left @ edit.right.T
     assert torch.allclose(up @ down, reference, rtol=1e-12, atol=1e-12)
