@@ -295,3 +295,39 @@ def _loss_terms(
         else:
             terms[k] = losses.retain_loss(pieces[k], frozen[k][0], w)
     return terms
+
+
+EVAL_SEED_OFFSET = 7919
+"""Evaluation draws use ``settings.seed + EVAL_SEED_OFFSET``: the same batch for every delta compared."""
+
+
+def evaluate_losses(
+    denoiser: Denoiser,
+    concepts: ConceptSet,
+    settings: FinetuneSettings,
+    delta: Delta | None = None,
+    latents: torch.Tensor | None = None,
+    draws: int = 8,
+) -> dict[str, float]:
+    """Eqs. (1)-(3) of ``denoiser + delta`` (unweighted by the scales) on one fixed, seeded batch of
+    ``draws`` samples per term; ``delta=None`` measures the untouched network. No gradient, nothing kept."""
+    generator = torch.Generator().manual_seed(settings.seed + EVAL_SEED_OFFSET)
+    samples = {k: v for k, v in _term_samples(concepts).items() if v}
+    encode = PromptCache(denoiser)
+    autocast, _ = _autocast(denoiser.device, settings.mixed_precision)
+    prompts = list(dict.fromkeys(s.pool_prompt for v in samples.values() for s in v))
+    if latents is None:
+        seeds = [(settings.seed + EVAL_SEED_OFFSET) * SEED_STRIDE + i for i in range(settings.pool_seeds)]
+        pool = sampled_pool(denoiser, prompts, seeds, settings.sample_steps, settings.guidance, encode, None, autocast)
+    else:
+        pool = noised_pool(denoiser, prompts, latents, settings.latent_draws, generator)
+    adapters = LoraAdapters(denoiser.root, list((delta.updates if delta else {}) or select_linear(denoiser.root, "kv")),
+                            1, generator, delta).to(denoiser.device)
+    drawn = {k: _draw(v, draws, pool, generator) for k, v in samples.items()}
+    with torch.no_grad(), adapters.attached(denoiser.root):
+        if delta is None:
+            with adapters.disabled():
+                terms = _loss_terms(denoiser, adapters, drawn, encode, settings.eta, autocast, denoiser.device)
+        else:
+            terms = _loss_terms(denoiser, adapters, drawn, encode, settings.eta, autocast, denoiser.device)
+    return {k: float(v) for k, v in terms.items()}
