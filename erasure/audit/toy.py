@@ -17,7 +17,7 @@ from PIL import Image
 from ..delta import Delta
 from ..grid import GridRow, model_seed_grid
 from ..sites import EditSite, discover_sites
-from .probes import Probe
+from .probes import UNRELATED, Probe, dedupe
 from .report import AuditReport
 from .run import ImagePair, run_audit
 
@@ -62,6 +62,25 @@ class DetectorClassifier:
         return np.asarray(self.detector.present(self.detector.detect(images), concept), dtype=bool)
 
 
+def toy_prompt(concept: str, world: Any) -> str:
+    """How the toy world's captions name a label: "a boat" for objects, "water" / "the sky" for backgrounds."""
+    from ..toyworld.config import BACKGROUND_ALONE
+    from ..toyworld.renderer import object_phrase
+
+    if concept in world.objects:
+        return object_phrase(concept, None)
+    return BACKGROUND_ALONE.get(concept, concept)
+
+
+def toy_probes(probes: Sequence[Probe], world: Any, every_label: bool = True) -> list[Probe]:
+    """``probes`` with toy-world prompts for the concepts the world knows, then (``every_label``) every other
+    detector label as an unrelated probe, so the audit ranks damage over the whole world."""
+    out = [Probe(p.concept, p.tag, toy_prompt(p.concept, world)) if p.concept in world.labels else p for p in probes]
+    if every_label:
+        out += [Probe(label, UNRELATED, toy_prompt(label, world)) for label in world.labels]
+    return dedupe(out)
+
+
 def toy_sites(model: Any) -> list[EditSite]:
     """The toy UNet's cross-attention keys and values."""
     return discover_sites(model.unet.state_dict(), "unet_kv")
@@ -102,7 +121,7 @@ def toy_audit(
         classifier=DetectorClassifier(detector) if detector is not None else None, progress=progress,
     )
     report.settings |= {"sampler_steps": sampler_steps, "strength": strength}
-    rows = [GridRow(p.concept, p.tag) for p in probes]
+    rows = [GridRow(p.prompt, p.tag) for p in probes]
     grid = model_seed_grid(
         [[list(orig_imgs[i]) for i in range(len(probes))], [list(edit_imgs[i]) for i in range(len(probes))]],
         rows, ["original", "erased"], seeds, title="toy world: original vs erased", cell=64,
