@@ -220,3 +220,29 @@ def test_interrupt_returns_nothing(toy: ToyModel, concepts: ConceptSet) -> None:
     with pytest.raises(KeyboardInterrupt):
         finetune(ToyDenoiser(toy), concepts, FinetuneSettings(iterations=5, **FAST), progress=progress)
     assert calls[-1][0] == 3 and not any(m._forward_hooks for m in toy.modules())
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def test_cli_saves_a_lora_and_an_interrupt_leaves_no_file(tmp_path, toy: ToyModel, monkeypatch) -> None:  # noqa: ANN001
+    from erasure.cli import build_parser
+    from erasure.commands import finetune as command
+    from erasure.delta import load_delta
+    from erasure.toyworld import io
+
+    monkeypatch.setattr(io, "load_model", lambda path=None: (toy, WorldConfig()))
+    out = tmp_path / "boat.safetensors"
+    argv = ["finetune", "--targets", "boat", "--care", "water", "--contexts", "a boat on water => water",
+            "--iterations", "2", "--sample-steps", "2", "--pool-seeds", "1", "--out", str(out)]
+    args = build_parser().parse_args(argv)
+
+    def interrupt(done: int, total: int) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    assert command.run(args, progress=interrupt) == command.INTERRUPTED_EXIT
+    assert list(tmp_path.iterdir()) == []
+    assert command.run(args, progress=lambda d, t: None) == 0
+    delta = load_delta(out)
+    assert delta.metadata["method"] == "finetune_esd_care" and len(delta.updates) == len(select_linear(toy.unet, "xattn"))
+    with pytest.raises(ValueError):
+        command.run(args)  # exists, no --overwrite
