@@ -44,6 +44,13 @@ def top_m_detections(scores: torch.Tensor, labels: Sequence[str], top_m: int) ->
     return {label: present[:, j].numpy() for j, label in enumerate(labels)}
 
 
+def detections_from_classifier(classifier: object, images: torch.Tensor, concepts: Sequence[str]) -> dict[str, np.ndarray]:
+    """Detections from a classifier with ``knows(concept)`` and ``present(images, concept) -> bool [N]`` (the
+    audit's :class:`erasure.audit.care.Classifier`, e.g. a zero-shot CLIP over the vocabulary); concepts it
+    cannot judge are left out."""
+    return {c: np.asarray(classifier.present(images, c), dtype=bool) for c in concepts if classifier.knows(c)}  # type: ignore[attr-defined]
+
+
 def detection_frequencies(detections: Mapping[str, Sequence[bool]]) -> dict[str, float]:
     """Fraction of images each concept is present in."""
     return {normalise(k): float(np.asarray(v, dtype=bool).mean()) if len(v) else 0.0 for k, v in detections.items()}
