@@ -20,6 +20,7 @@ to interrupt: nothing is returned then, and this module never writes files.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -115,6 +116,15 @@ class FinetuneResult:
         lines += ["", "  ".join(f"{k}={v}" for k, v in sorted(self.stats.items()))]
         return "\n".join(lines)
 
+    # the report interface of :class:`erasure.report.EraseReport`, so nodes/CLIs show either kind
+    as_table = summary
+
+    def to_dict(self) -> dict[str, object]:
+        return {"history": self.history, "stats": self.stats, "metadata": dict(self.delta.metadata)}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
 
 @dataclass(frozen=True)
 class _Sample:
@@ -142,6 +152,15 @@ def _term_samples(concepts: ConceptSet) -> dict[str, list[_Sample]]:
     first = concepts.templates[0]
     context = [_Sample(p.context, (_fill(first, p.concept),), p.context, p.weight) for p in concepts.context_pairs]
     return {"erase": erase, "retain": retain, "context": context}
+
+
+def training_prompts(concepts: ConceptSet) -> list[str]:
+    """Every prompt :func:`finetune` encodes for ``concepts`` (so a caller can encode them up front)."""
+    prompts = [UNCONDITIONAL]
+    for v in _term_samples(concepts).values():
+        for s in v:
+            prompts += [s.student_prompt, *s.frozen_prompts, s.pool_prompt]
+    return list(dict.fromkeys(prompts))
 
 
 def _autocast(device: torch.device, enabled: bool) -> tuple[Callable[[], contextlib.AbstractContextManager], torch.dtype | None]:
@@ -230,6 +249,7 @@ def finetune(
     }
     stats = {
         "adapted_maps": len(adapters.names),
+        "rank": max((int(u.shape[1]) for u in adapters.ups), default=0),
         "trainable_params": sum(p.numel() for p in params),
         "terms": "+".join(active),
         "pool_s": round(pooled_at - started, 3),
