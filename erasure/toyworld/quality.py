@@ -74,7 +74,7 @@ def check_quality(
                 got = float(detector.present(det, home)[has].mean())
                 se = float(np.sqrt(p * (1 - p) / has.sum()))
                 row.update(home=home, config=p, generated=got, gap=abs(got - p), standard_error=se,
-                           pass_=abs(got - p) <= MAX_COOCCURRENCE_GAP)
+                           within_gap=abs(got - p) <= MAX_COOCCURRENCE_GAP)
         uncond[obj] = row
     no_object = ~det.objects.any(axis=1)
     bg_share = {b: float(detector.present(det, b).mean()) for b in world.backgrounds}
@@ -85,7 +85,7 @@ def check_quality(
         "cooccurrence_object_prompts": cooc_prompt,
         "cooccurrence_object_prompts_max_gap": max(v["gap"] for v in cooc_prompt.values()),
         "cooccurrence_unconditional": uncond,
-        "cooccurrence_unconditional_max_gap": max(v["gap"] for v in uncond.values() if "gap" in v),
+        "cooccurrence_unconditional_max_gap": max((v["gap"] for v in uncond.values() if "gap" in v), default=None),
         "unconditional_no_object_share": float(no_object.mean()),
         "unconditional_config_no_object_share": world.empty_scene_prob,
         "unconditional_background_share": bg_share,

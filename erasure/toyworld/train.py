@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .config import ModelConfig, TrainConfig, WorldConfig, to_dict
-from .io import MODEL_FILE, WEIGHTS_DIR, config_meta, save_weights
+from .config import ModelConfig, TrainConfig, WorldConfig, from_dict, to_dict
+from .io import MODEL_FILE, WEIGHTS_DIR, config_meta, load_meta, load_state, save_weights
 from .model import ToyModel
 from .renderer import render_batch, vocabulary
 
@@ -61,34 +61,50 @@ def train(
     cfg: TrainConfig,
     out: Path | None,
     progress: bool = True,
+    init: Path | None = None,
 ) -> tuple[ToyModel, dict]:
-    """Train and return the EMA model and a stats dict; saves to ``out`` if given."""
+    """Train and return the EMA model and a stats dict; saves to ``out`` if given.
+
+    ``init`` continues from saved weights (a second stage): model and EMA start from them, the optimizer
+    and the learning-rate schedule start afresh, and the sidecar records the earlier stages.
+    """
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.num_threads)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     vocab = vocabulary(world)
     model = ToyModel(vocab, model_cfg)
+    history: list[dict] = []
+    if init is not None:
+        init_meta = load_meta(init)
+        if init_meta["vocab"] != vocab or from_dict(ModelConfig, init_meta["model"]) != model_cfg:
+            raise ValueError(f"{init} was trained with another vocabulary or model config")
+        model.load_state_dict(load_state(init))
+        history = [*init_meta.get("history", []), {"train": init_meta["train"], "stats": init_meta["stats"]}]
     ema = copy.deepcopy(model).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     meta = config_meta(world, model_cfg, vocab)
     meta["train"] = to_dict(cfg)
+    meta["history"] = history
     n_params = sum(p.numel() for p in model.parameters())
     start = time.time()
     losses: list[float] = []
     stopped_early = False
     step = 0
+    if init is not None and out is not None and init.resolve() == out.resolve():
+        raise ValueError("--init and --out must differ (the checkpoints would overwrite the starting point)")
 
-    def save(final: bool) -> None:
+    def save(done: int, final: bool) -> None:
         if out is None:
             return
         stats = {
-            "steps_done": step,
+            "steps_done": done,
             "seconds": round(time.time() - start, 1),
             "final": final,
             "stopped_early": stopped_early,
             "parameters": n_params,
             "loss_last_100": float(np.mean(losses[-100:])) if losses else None,
+            "total_steps_all_stages": done + sum(h["stats"]["steps_done"] for h in history),
         }
         save_weights(out, ema.state_dict(), {**meta, "stats": stats})
 
@@ -108,12 +124,12 @@ def train(
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if (step + 1) % cfg.checkpoint_every == 0:
-            save(final=False)
+            save(step + 1, final=False)
         if time.time() - start > cfg.max_minutes * 60:
             stopped_early = True
             break
     step += 1
-    save(final=True)
+    save(step, final=True)
     return ema, {"steps_done": step, "seconds": time.time() - start, "stopped_early": stopped_early}
 
 
@@ -124,6 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--max-minutes", type=float, default=TrainConfig.max_minutes)
     p.add_argument("--threads", type=int, default=TrainConfig.num_threads)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--warmup", type=int, default=TrainConfig.warmup_steps)
+    p.add_argument("--init", type=Path, default=None, help="continue from these weights (a second stage)")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR / MODEL_FILE)
     args = p.parse_args(argv)
     cfg = replace(
@@ -133,8 +152,10 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.batch_size,
         max_minutes=args.max_minutes,
         num_threads=args.threads,
+        lr=args.lr,
+        warmup_steps=args.warmup,
     )
-    _, stats = train(WorldConfig(), ModelConfig(), cfg, args.out)
+    _, stats = train(WorldConfig(), ModelConfig(), cfg, args.out, init=args.init)
     print(f"trained {stats['steps_done']} steps in {stats['seconds']:.0f} s -> {args.out}")
 
 

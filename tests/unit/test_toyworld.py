@@ -151,3 +151,16 @@ def test_committed_detector_reads_clean_renders() -> None:
     n_obj = len(det.world.objects)
     assert (d.background == labels[:, n_obj:].argmax(1)).mean() > 0.95
     assert (d.objects == (labels[:, :n_obj] > 0.5)).mean() > 0.98
+
+
+def test_second_stage_continues_from_saved_weights(tmp_path) -> None:
+    cfg = replace(TrainConfig(), steps=2, batch_size=2, warmup_steps=1, num_threads=1)
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    train(WORLD, TINY, cfg, first, progress=False)
+    train(WORLD, TINY, replace(cfg, seed=1), second, progress=False, init=first)
+    import json
+
+    meta = json.loads(second.with_suffix(".json").read_text())
+    assert meta["stats"]["total_steps_all_stages"] == 4 and len(meta["history"]) == 1
+    with pytest.raises(ValueError):
+        train(WORLD, TINY, cfg, first, progress=False, init=first)
