@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..erase import encode_all
@@ -180,7 +180,7 @@ def _read(path: Path, template: str, scope: TokenScope) -> VocabularyEmbedding |
                 return None
             concepts = tuple(json.loads(meta["concepts"]))
             return VocabularyEmbedding(concepts, f.get_tensor("rows"), f.get_tensor("offsets"), template, scope)
-    except (OSError, KeyError, ValueError, json.JSONDecodeError):
+    except (OSError, KeyError, ValueError, SafetensorError):
         return None  # a damaged or foreign file is treated as absent and rewritten
 
 

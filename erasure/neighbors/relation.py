@@ -6,14 +6,14 @@ cosines between concepts are all close to 1 and say little. Relations are theref
 
 .. math::  u_i = \frac{p_i - \mu}{\lVert p_i - \mu\rVert}, \qquad \mu = \tfrac1N \textstyle\sum_j p_j
 
-(``p_i`` the pooled vector of concept ``i``, :mod:`.embed`; ``mu`` the vocabulary mean). With ``T`` an
-orthonormal basis of the targets' ``u_t`` (one column per target), each concept has
+(``p_i`` the pooled vector of concept ``i``, :mod:`.embed`; ``mu`` the vocabulary mean). With ``u_t`` the
+same for every target ``t``, each concept has
 
-.. math::  \alpha_i = \lVert T^\top u_i \rVert \in [0, 1], \qquad \rho_i = \sqrt{1 - \alpha_i^2}
+.. math::  \alpha_i = \max_t\, u_i^\top u_t \in [-1, 1], \qquad \rho_i = \sqrt{1 - \max(\alpha_i, 0)^2}
 
-the *alignment* with the target direction(s) and the *residual* left after projecting on them (the
-sine of the angle to the target span). Following the CARE paper's idea of removing the extreme clusters
-by their residual to the target direction:
+the *alignment* with its nearest target and the *residual* left after projecting on that target's
+direction (the sine of the angle; concepts pointing away from every target have residual 1). Following the
+CARE paper's idea of removing the extreme clusters by their residual to the target direction:
 
 * **near-synonyms** form the low-residual extreme: ``rho_i <= synonym_residual`` (default
   :data:`SYNONYM_RESIDUAL`, i.e. within ~30 degrees of the target). Such a concept *is* the target for
@@ -37,8 +37,9 @@ from .vocab import normalise
 
 SYNONYM_RESIDUAL = 0.5
 """Residual below which a concept counts as a near-synonym: sin(30 deg), i.e. cosine >= 0.87 to the span."""
-RELATED_Z = 2.0
-"""Robust z-score a concept's alignment (or risk) must reach to count as related (two standard deviations)."""
+RELATED_Z = 3.0
+"""Robust z-score a concept's alignment (or risk) must reach to count as related: three standard deviations,
+which an unrelated concept of a normal spread passes with probability ~0.1% (about one in a 1,000-concept list)."""
 MAD_TO_STD = 1.4826
 """Median absolute deviation -> standard deviation of a normal distribution."""
 EPS = 1e-12
@@ -48,7 +49,7 @@ EPS = 1e-12
 class Relation:
     """Per-concept alignment, residual and flags with respect to a set of targets."""
 
-    alignment: torch.Tensor  # [N] float64
+    alignment: torch.Tensor  # [N] float64, cosine to the nearest target
     residual: torch.Tensor  # [N] float64
     contains_target: torch.Tensor  # [N] bool
     near_synonym: torch.Tensor  # [N] bool (residual test only)
@@ -63,13 +64,6 @@ class Relation:
 def centred_units(pooled: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     x = pooled.double() - mean.double()
     return x / x.norm(dim=1, keepdim=True).clamp_min(EPS)
-
-
-def target_basis(target_units: torch.Tensor) -> torch.Tensor:
-    """Orthonormal ``[d, q]`` basis of the targets' directions (dependent targets add no column)."""
-    q, r = torch.linalg.qr(target_units.double().T)
-    keep = r.diagonal().abs() > 1e-8 * r.diagonal().abs().max().clamp_min(EPS)
-    return q[:, keep]
 
 
 def contains_words(concept: str, target: str) -> bool:
@@ -92,9 +86,8 @@ def relate(
         raise ValueError(f"synonym residual must lie in [0, 1] (got {synonym_residual})")
     mean = pooled.double().mean(0) if mean is None else mean
     units = centred_units(pooled, mean)
-    basis = target_basis(centred_units(target_pooled, mean))
-    alignment = (units @ basis).norm(dim=1).clamp(max=1.0)
-    residual = (1.0 - alignment.pow(2)).clamp_min(0.0).sqrt()
+    alignment = (units @ centred_units(target_pooled, mean).T).amax(dim=1).clamp(-1.0, 1.0)
+    residual = (1.0 - alignment.clamp_min(0.0).pow(2)).sqrt()
     target_names = {normalise(t) for t in targets}
     is_target = torch.tensor([c in target_names for c in concepts], dtype=torch.bool)
     contains = torch.tensor([any(contains_words(c, t) for t in target_names) for c in concepts], dtype=torch.bool)

@@ -4,7 +4,7 @@ Three methods, each returning a :class:`Suggestion` (suggested concepts, ranked,
 
 ``text`` -- neighbours in the text encoder's space (:mod:`.relation`):
   1. centre and normalise the pooled vectors of the vocabulary and the targets; measure every concept's
-     alignment ``alpha`` with the target span and its residual ``rho = sqrt(1 - alpha^2)``;
+     alignment ``alpha`` (cosine to the nearest target) and residual ``rho = sqrt(1 - alpha^2)``;
   2. remove the low-residual extreme: near-synonyms (``rho <= synonym_residual``) and concepts containing
      a target's words are *flagged* -- they should be erased too, never protected;
   3. remove the high-residual bulk: concepts whose alignment is not exceptional for the vocabulary
