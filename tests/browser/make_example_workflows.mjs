@@ -14,26 +14,27 @@ if (!url || !outDir) {
 const CKPT = "v1-5-pruned-emaonly-fp16.safetensors";
 
 // One graph per example: nodes with widget values, then links [from, output, to, input].
-const SAMPLE = {
-  pos: { type: "CLIPTextEncode", at: [420, 560], w: { text: "a photo of a boat on the water, harbour, sunny day" } },
-  neg: { type: "CLIPTextEncode", at: [420, 780], w: { text: "blurry, low quality" } },
-  latent: { type: "EmptyLatentImage", at: [420, 960], w: { width: 512, height: 512, batch_size: 1 } },
+// Columns: loaders/concepts | CARE nodes | prompts | samplers | decoders | result.
+const SAMPLE = (x) => ({
+  pos: { type: "CLIPTextEncode", at: [x, 60], size: [320, 150], w: { text: "a photo of a boat on the water, harbour, sunny day" } },
+  neg: { type: "CLIPTextEncode", at: [x, 250], size: [320, 150], w: { text: "blurry, low quality" } },
+  latent: { type: "EmptyLatentImage", at: [x, 440], w: { width: 512, height: 512, batch_size: 1 } },
   ks_orig: {
-    type: "KSampler", at: [900, 80], title: "KSampler (original model)",
+    type: "KSampler", at: [x + 360, 60], title: "KSampler (original model)",
     w: { seed: 42, control_after_generate: "fixed", steps: 20, cfg: 7.0, sampler_name: "euler", scheduler: "normal", denoise: 1.0 },
   },
   ks_erased: {
-    type: "KSampler", at: [900, 420], title: "KSampler (erased model)",
+    type: "KSampler", at: [x + 360, 400], title: "KSampler (erased model)",
     w: { seed: 42, control_after_generate: "fixed", steps: 20, cfg: 7.0, sampler_name: "euler", scheduler: "normal", denoise: 1.0 },
   },
-  dec_orig: { type: "VAEDecode", at: [1250, 80] },
-  dec_erased: { type: "VAEDecode", at: [1250, 420] },
+  dec_orig: { type: "VAEDecode", at: [x + 700, 60] },
+  dec_erased: { type: "VAEDecode", at: [x + 700, 400] },
   stitch: {
-    type: "ImageStitch", at: [1480, 200], title: "original | erased",
+    type: "ImageStitch", at: [x + 920, 200], title: "original | erased",
     w: { direction: "right", match_image_size: true, spacing_width: 16, spacing_color: "white" },
   },
-  save: { type: "SaveImage", at: [1760, 200], w: { filename_prefix: "care/original_vs_erased" } },
-};
+  save: { type: "SaveImage", at: [x + 1200, 200], size: [400, 300], w: { filename_prefix: "care/original_vs_erased" } },
+});
 const SAMPLE_LINKS = (model) => [
   ["ckpt", 1, "pos", "clip"], ["ckpt", 1, "neg", "clip"],
   ["ckpt", 0, "ks_orig", "model"], [model[0], model[1], "ks_erased", "model"],
@@ -47,21 +48,21 @@ const SAMPLE_LINKS = (model) => [
 const EXAMPLES = {
   care_erase_side_by_side: {
     nodes: {
-      note: {
-        type: "Note", at: [20, 760], size: [360, 220],
-        w: { text: "CARE erasure: the targets are erased from the model in closed form, the retained and CARE concepts are kept.\n\nLeft: original model. Right: erased model, same seed and prompt.\n\nThe report node lists, per target, the residual to its anchor (0 = erased) and, per retained concept, its drift (0 = untouched)." },
-      },
-      ckpt: { type: "CheckpointLoaderSimple", at: [20, 80], w: { ckpt_name: CKPT } },
+      ckpt: { type: "CheckpointLoaderSimple", at: [20, 60], w: { ckpt_name: CKPT } },
       concepts: {
-        type: "CAREConceptSet", at: [20, 280],
+        type: "CAREConceptSet", at: [20, 200], size: [300, 420],
         w: {
           targets: "boat", retained: "car\ndog\ntree\nhouse", care: "water\nsea\nharbour\nfishing net",
           templates: "{}\na photo of {}", retain_weight: 1.0, care_weight: 2.0, contexts: "a boat on the water => water",
         },
       },
-      erase: { type: "CAREErase", at: [420, 80] },
-      report: { type: "CAREShowReport", at: [420, 1120], size: [460, 260] },
-      ...SAMPLE,
+      note: {
+        type: "Note", at: [20, 660], size: [300, 230],
+        w: { text: "CARE erasure: the targets are erased from the model in closed form, the retained and CARE concepts are kept.\n\nLeft: original model. Right: erased model, same seed and prompt.\n\nThe report lists, per target, the residual to its anchor (0 = erased) and, per retained concept, its drift (0 = untouched)." },
+      },
+      erase: { type: "CAREErase", at: [360, 60], size: [300, 280] },
+      report: { type: "CAREShowReport", at: [360, 400], size: [440, 330] },
+      ...SAMPLE(840),
     },
     links: [
       ["ckpt", 0, "erase", "model"], ["ckpt", 1, "erase", "clip"], ["concepts", 0, "erase", "concepts"],
@@ -70,27 +71,27 @@ const EXAMPLES = {
   },
   care_merge_strict_save_lora: {
     nodes: {
-      note: {
-        type: "Note", at: [20, 900], size: [360, 200],
-        w: { text: "Two concept sets are merged and extended, erased with strict preservation (the retained concepts' vectors are kept exactly), and saved as a LoRA into the loras folder.\n\nLoad it later with CARE Load Erasure LoRA or the stock LoraLoaderModelOnly." },
-      },
-      ckpt: { type: "CheckpointLoaderSimple", at: [20, 80], w: { ckpt_name: CKPT } },
+      ckpt: { type: "CheckpointLoaderSimple", at: [20, 60], w: { ckpt_name: CKPT } },
       set_a: {
-        type: "CAREConceptSet", at: [20, 280],
+        type: "CAREConceptSet", at: [20, 200], size: [300, 380],
         w: { targets: "boat", retained: "", care: "water\nsea", templates: "a photo of {}", retain_weight: 1.0, care_weight: 2.0, contexts: "" },
       },
       set_b: {
-        type: "CAREConceptSet", at: [20, 580],
+        type: "CAREConceptSet", at: [20, 620], size: [300, 380],
         w: { targets: "sports car -> car", retained: "road\nbicycle", care: "street", templates: "a photo of {}", retain_weight: 1.0, care_weight: 2.0, contexts: "" },
       },
       merge: {
-        type: "CAREMergeConcepts", at: [420, 280],
+        type: "CAREMergeConcepts", at: [360, 60], size: [300, 330],
         w: { more_targets: "", more_retained: "tree\nhouse", more_care: "harbour", retain_weight: 1.0, care_weight: 2.0 },
       },
-      erase: { type: "CAREErase", at: [420, 80], w: { strict: true, lambda_: 0.1 } },
-      save_lora: { type: "CARESaveErasureLoRA", at: [420, 1120], w: { filename: "care_boat_sportscar", key_format: "comfy", overwrite: false } },
-      report: { type: "CAREShowReport", at: [800, 1120], size: [460, 260] },
-      ...SAMPLE,
+      erase: { type: "CAREErase", at: [360, 430], size: [300, 280], w: { strict: true, lambda_: 0.1 } },
+      save_lora: { type: "CARESaveErasureLoRA", at: [360, 750], size: [300, 160], w: { filename: "care_boat_sportscar", key_format: "comfy", overwrite: false } },
+      note: {
+        type: "Note", at: [700, 620], size: [320, 200],
+        w: { text: "Two concept sets are merged and extended, erased with strict preservation (the retained concepts' vectors are kept exactly) and saved as a LoRA into the loras folder.\n\nLoad it later with CARE Load Erasure LoRA or the stock LoraLoaderModelOnly." },
+      },
+      report: { type: "CAREShowReport", at: [700, 860], size: [440, 330] },
+      ...SAMPLE(1060),
     },
     links: [
       ["set_a", 0, "merge", "concepts"], ["set_b", 0, "merge", "other"],
@@ -100,13 +101,13 @@ const EXAMPLES = {
   },
   care_load_erasure_lora: {
     nodes: {
+      ckpt: { type: "CheckpointLoaderSimple", at: [20, 60], w: { ckpt_name: CKPT } },
+      load: { type: "CARELoadErasureLoRA", at: [20, 220], size: [320, 200], w: { lora_name: "care_boat_sportscar.safetensors", strength: 1.0 } },
       note: {
-        type: "Note", at: [20, 560], size: [360, 180],
-        w: { text: "Applies an erasure saved by CARE Save Erasure as LoRA (run the 'care_merge_strict_save_lora' example first) and compares original and erased model side by side." },
+        type: "Note", at: [20, 460], size: [320, 180],
+        w: { text: "Applies an erasure saved by CARE Save Erasure as LoRA (run the 'care_merge_strict_save_lora' example first) and compares the original and the erased model side by side." },
       },
-      ckpt: { type: "CheckpointLoaderSimple", at: [20, 80], w: { ckpt_name: CKPT } },
-      load: { type: "CARELoadErasureLoRA", at: [20, 280], w: { lora_name: "care_boat_sportscar.safetensors", strength: 1.0 } },
-      ...SAMPLE,
+      ...SAMPLE(380),
     },
     links: [["ckpt", 0, "load", "model"], ...SAMPLE_LINKS(["load", 0])],
   },
