@@ -11,7 +11,7 @@ See ``docs/neighbors.md`` for the procedures and their maths.
 """
 
 from .embed import FingerprintedEncoder, VocabularyEmbedding, embed_vocabulary, encoder_fingerprint, state_fingerprint
-from .image import suggest_from_images, top_m_detections
+from .image import detections_from_classifier, suggest_from_detections, suggest_from_images, top_m_detections
 from .pipeline import NeighborSettings, naive_edit, risk_scan, suggest_care
 from .relation import Relation, relate
 from .risk import RiskIndex, RiskReport, scan
@@ -22,5 +22,5 @@ __all__ = [
     "FingerprintedEncoder", "NeighborSettings", "Relation", "RiskIndex", "RiskReport", "Suggestion", "Vocabulary",
     "VocabularyEmbedding", "embed_vocabulary", "encoder_fingerprint", "load_vocabulary", "load_vocabulary_file",
     "naive_edit", "parse_vocabulary", "relate", "resolve_vocabulary", "risk_scan", "scan", "state_fingerprint",
-    "suggest_care", "suggest_from_images", "suggest_from_risk", "suggest_from_text", "top_m_detections",
+    "detections_from_classifier", "suggest_care", "suggest_from_detections", "suggest_from_images", "suggest_from_risk", "suggest_from_text", "top_m_detections",
 ]

@@ -69,19 +69,38 @@ def suggest_from_images(
     flags: Mapping[str, str] | None = None,
     categories: Mapping[str, str] | None = None,
 ) -> Suggestion:
-    """The ``image`` method (module docstring). ``flags`` maps concepts already flagged by the text side
-    (near-synonyms) to their reason; ``categories`` names each concept's category for the report."""
+    """The ``image`` method (module docstring): generate, detect, then :func:`suggest_from_detections`."""
     if n_images < 1:
         raise ValueError(f"need at least one image per target (got {n_images})")
-    if not 0.0 < min_frequency <= 1.0:
-        raise ValueError(f"min_frequency must lie in (0, 1] (got {min_frequency})")
     prompts, seeds = [], []
     for target in targets:
         for i in range(n_images):
             template = templates[i % len(templates)]
             prompts.append(" ".join(template.replace("{}", target).split()))
             seeds.append(seed + i)
-    freq = detection_frequencies(detect(generate(prompts, seeds)))
+    return suggest_from_detections(
+        detect(generate(prompts, seeds)), targets, min_frequency, top_k, exclude, flags, categories
+    )
+
+
+def suggest_from_detections(
+    detections: Mapping[str, Sequence[bool]],
+    targets: Sequence[str],
+    min_frequency: float = DEFAULT_MIN_FREQUENCY,
+    top_k: int = DEFAULT_TOP_K,
+    exclude: Sequence[str] = (),
+    flags: Mapping[str, str] | None = None,
+    categories: Mapping[str, str] | None = None,
+) -> Suggestion:
+    """Rank what a detector found in images of the targets (made elsewhere, e.g. by ComfyUI's sampler).
+
+    ``flags`` maps concepts already flagged by the text side (near-synonyms) to their reason;
+    ``categories`` names each concept's category for the report.
+    """
+    if not 0.0 < min_frequency <= 1.0:
+        raise ValueError(f"min_frequency must lie in (0, 1] (got {min_frequency})")
+    images = max((len(v) for v in detections.values()), default=0)
+    freq = detection_frequencies(detections)
     target_names = {normalise(t) for t in targets}
     dropped = {normalise(e) for e in exclude}
     flags = {normalise(k): v for k, v in (flags or {}).items()}
@@ -98,5 +117,5 @@ def suggest_from_images(
             continue
         if f >= min_frequency:
             suggested.append(Candidate(concept, category, f))
-    stats = {"images": len(prompts), "min_frequency": min_frequency, "frequencies": freq}
+    stats = {"images": images, "min_frequency": min_frequency, "frequencies": freq}
     return Suggestion("image", sorted(target_names), suggested[:top_k], flagged, stats)
