@@ -7,7 +7,8 @@ near-synonyms added on purpose (``"a boat"``, ``"the boat"`` for each target):
 
 * ``text``  -- neighbours in the text encoder's space, residual clusters removed (:mod:`erasure.neighbors.suggest`);
 * ``risk``  -- the concepts a naive erasure of the target damages most at the edit sites;
-* ``image`` -- concepts the detector finds in >= 25% of generated target images.
+* ``image`` -- concepts the detector finds in >= 25% of generated target images;
+* ``denoiser`` -- the text procedure on the denoiser's one-step clean-image estimates (no sampling).
 
 Recorded per method: recall@5 and precision@5 (precision over the returned list, which may be shorter
 than 5), per target and averaged; for the added near-synonyms, how many were flagged and how many were
@@ -43,28 +44,21 @@ from erasure.erase import EraseSettings  # noqa: E402
 from erasure.neighbors import (  # noqa: E402
     FingerprintedEncoder,
     NeighborSettings,
-    Vocabulary,
     state_fingerprint,
     suggest_care,
     suggest_from_images,
+    suggest_from_predictions,
 )
 from erasure.neighbors.pipeline import prepare  # noqa: E402
 from erasure.neighbors.suggest import DEFAULT_TOP_K, Suggestion  # noqa: E402
+from erasure.neighbors.toy import SYNONYM_TEMPLATES, toy_detect, toy_generate, toy_predict, toy_vocabulary  # noqa: E402
 from erasure.sites import discover_sites  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "care_suggest.json"
 K = DEFAULT_TOP_K
 REQUIRED_CARE_RATIO = 0.9
-SYNONYM_TEMPLATES = ("a {}", "the {}")
-IMAGE_TEMPLATE = "a {}"  # the caption grammar's object phrase
-
-
-def toy_vocabulary(world) -> Vocabulary:  # noqa: ANN001
-    colours = sorted({c for options in world.object_colours.values() for c in options})
-    pairs = [(o, "objects") for o in world.objects] + [(b, "scenes") for b in world.backgrounds]
-    pairs += [(c, "colours") for c in colours]
-    pairs += [(t.format(o), "near-synonym") for o in world.objects for t in SYNONYM_TEMPLATES]
-    return Vocabulary.from_pairs(pairs)
+IMAGE_TEMPLATE = "a {}"
+METHODS = ("text", "risk", "image", "denoiser")  # the caption grammar's object phrase
 
 
 def metrics(s: Suggestion, truth: set[str], synonyms: set[str]) -> dict[str, object]:
@@ -93,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=16, help="seeds per prompt when scoring erasures")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--erase-method", default="image", choices=("text", "risk", "image"))
+    p.add_argument("--erase-method", default="image", choices=METHODS)
     p.add_argument("--skip-erasure", action="store_true", help="suggestion metrics only (no erasure scoring)")
     p.add_argument("--quick", action="store_true", help="8 images, 4 seeds, 8 steps (smoke run)")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -103,29 +97,27 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.time()
 
+    from erasure.audit.toy import toy_prompt
     from erasure.toyworld.config import SamplerConfig
     from erasure.toyworld.detector import load_detector
     from erasure.toyworld.evaluate import Prompt, Scorer, concept_set, erase_model, make_case
     from erasure.toyworld.io import MODEL_FILE, WEIGHTS_DIR, load_meta, load_model
-    from erasure.toyworld.sampler import sample
 
     model, world = load_model()
     detector = load_detector()
     train_stats = load_meta(WEIGHTS_DIR / MODEL_FILE).get("stats", {})
     encoder = FingerprintedEncoder(model.encoder(), state_fingerprint(model.text.state_dict(), "|".join(model.tokenizer.vocab)))
     sites = discover_sites(model.unet.state_dict())
-    vocab = toy_vocabulary(world)
+    vocab = toy_vocabulary(world, synonyms=True)
     settings = NeighborSettings(top_k=K, use_cache=False)
     sampler = SamplerConfig(steps=args.steps)
+    generate, detect = toy_generate(model, args.steps), toy_detect(detector)
+    t0 = time.perf_counter()
+    # each concept as the captions name it ("a boat", "the sky"); colour words and synonyms as written
+    predictions = toy_predict(model, [toy_prompt(c, world) if c in world.labels else c for c in vocab.concepts])
+    prediction_s = time.perf_counter() - t0
 
-    def generate(prompts, seeds):  # noqa: ANN001, ANN202
-        return sample(model, prompts, seeds, sampler)
-
-    def detect(images):  # noqa: ANN001, ANN202
-        det = detector.detect(images)
-        return {c: detector.present(det, c) for c in world.labels}
-
-    per_method: dict[str, list[dict[str, object]]] = {"text": [], "risk": [], "image": []}
+    per_method: dict[str, list[dict[str, object]]] = {m: [] for m in METHODS}
     no_partner: dict[str, dict[str, int]] = {m: {} for m in per_method}
     suggestions: dict[str, dict[str, Suggestion]] = {m: {} for m in per_method}
     timing: dict[str, float] = {m: 0.0 for m in per_method}
@@ -145,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
             categories=dict(zip(vocab.concepts, vocab.categories)), top_k=K,
         )
         timing["image"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        i = vocab.concepts.index(target)
+        suggestions["denoiser"][target] = suggest_from_predictions(
+            vocab.concepts, vocab.categories, predictions, [target], predictions[i : i + 1], top_k=K)
+        timing["denoiser"] += time.perf_counter() - t0 + prediction_s / len(world.objects)
         for method in per_method:
             row = {"target": target, "truth": sorted(truth), **metrics(suggestions[method][target], truth, synonyms)}
             if method == "image":

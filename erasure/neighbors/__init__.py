@@ -15,12 +15,13 @@ from .image import detections_from_classifier, suggest_from_detections, suggest_
 from .pipeline import NeighborSettings, naive_edit, risk_scan, suggest_care
 from .relation import Relation, relate
 from .risk import RiskIndex, RiskReport, scan
-from .suggest import Suggestion, suggest_from_risk, suggest_from_text
+from .suggest import Suggestion, suggest_from_predictions, suggest_from_risk, suggest_from_text
 from .vocab import Vocabulary, load_vocabulary, load_vocabulary_file, parse_vocabulary, resolve_vocabulary
 
 __all__ = [
     "FingerprintedEncoder", "NeighborSettings", "Relation", "RiskIndex", "RiskReport", "Suggestion", "Vocabulary",
-    "VocabularyEmbedding", "embed_vocabulary", "encoder_fingerprint", "load_vocabulary", "load_vocabulary_file",
-    "naive_edit", "parse_vocabulary", "relate", "resolve_vocabulary", "risk_scan", "scan", "state_fingerprint",
-    "detections_from_classifier", "suggest_care", "suggest_from_detections", "suggest_from_images", "suggest_from_risk", "suggest_from_text", "top_m_detections",
+    "VocabularyEmbedding", "detections_from_classifier", "embed_vocabulary", "encoder_fingerprint",
+    "load_vocabulary", "load_vocabulary_file", "naive_edit", "parse_vocabulary", "relate", "resolve_vocabulary",
+    "risk_scan", "scan", "state_fingerprint", "suggest_care", "suggest_from_detections", "suggest_from_images",
+    "suggest_from_predictions", "suggest_from_risk", "suggest_from_text", "top_m_detections",
 ]

@@ -25,7 +25,7 @@ from ..vectors import TextEncoder, TokenScope
 from .embed import DEFAULT_SCOPE, DEFAULT_TEMPLATE, VocabularyEmbedding, embed_vocabulary, encoder_fingerprint
 from .relation import RELATED_Z, SYNONYM_RESIDUAL, Relation, relate
 from .risk import DEFAULT_DENOISER_TOP_K, DenoiserDrift, RiskIndex, RiskReport, scan
-from .suggest import DEFAULT_TOP_K, METHODS, Suggestion, suggest_from_risk, suggest_from_text
+from .suggest import DEFAULT_TOP_K, Suggestion, suggest_from_risk, suggest_from_text
 from .vocab import Vocabulary, normalise
 
 INDEX_MEMORY = 2
@@ -129,7 +129,7 @@ def suggest_care(
     erase_settings: EraseSettings = EraseSettings(),
 ) -> Suggestion:
     """A CARE set for the targets of ``concepts`` by the ``text`` or ``risk`` method (:mod:`.suggest`)."""
-    if method not in METHODS or method == "image":
+    if method not in ("text", "risk"):
         raise ValueError(f"method {method!r}: choose 'text' or 'risk' here ('image' needs a sampler and a detector)")
     targets = _targets(concepts)
     prepared = prepare(encoder, vocabulary, targets, settings)

@@ -20,6 +20,9 @@ Three methods, each returning a :class:`Suggestion` (suggested concepts, ranked,
   images in which a detector finds each other concept; concepts seen in at least ``min_frequency`` of
   them are kept, most frequent first (the CARE paper builds its CARE-set from target images the same way).
 
+``denoiser`` -- the ``text`` procedure run on the denoiser's first clean-image estimates of each concept
+  (:func:`suggest_from_predictions`): a cheap, sampler-free stand-in for the image method.
+
 Precision@k and recall@k in the benchmarks count the returned list, which may hold fewer than ``k``.
 """
 
@@ -37,7 +40,7 @@ from .vocab import normalise
 
 DEFAULT_TOP_K = 5
 """How many concepts a suggestion returns at most (the CARE set a person can still read at a glance)."""
-METHODS = ("text", "risk", "image")
+METHODS = ("text", "risk", "image", "denoiser")
 
 
 @dataclass(frozen=True)
@@ -136,3 +139,23 @@ def suggest_from_risk(
     """The ``risk`` method: ``naive_updates`` is the edit erasing ``targets`` with no retained set."""
     drift = index.drift(naive_updates)
     return _rank("risk", targets, index.embedding.concepts, index.categories, drift, relation, top_k, related_z, {})
+
+
+def suggest_from_predictions(
+    concepts: Sequence[str], categories: Sequence[str], predictions: torch.Tensor, targets: Sequence[str],
+    target_predictions: torch.Tensor, top_k: int = DEFAULT_TOP_K, related_z: float = RELATED_Z,
+    synonym_residual: float | None = None,
+) -> Suggestion:
+    """The ``denoiser`` method: the ``text`` procedure run on what the *denoiser* makes of each concept.
+
+    ``predictions[i]`` is a flattened summary of the denoiser's output for a prompt naming concept ``i``
+    (e.g. the mean one-step clean-image estimate ``x0_hat`` from pure noise over a few fixed seeds: the
+    layout and colours the model commits to first), ``target_predictions`` the same for the targets.
+    Co-occurring concepts share most of that picture (the water under a boat), so they align; the same
+    residual/containment flags and robust z-score cut as the text method apply.
+    """
+    from .relation import SYNONYM_RESIDUAL, relate
+
+    relation = relate(concepts, predictions.double(), targets, target_predictions.double(),
+                      synonym_residual=SYNONYM_RESIDUAL if synonym_residual is None else synonym_residual)
+    return _rank("denoiser", targets, concepts, categories, relation.alignment, relation, top_k, related_z, {})

@@ -54,3 +54,33 @@ def toy_detect(detector: Any) -> Detect:
         return {label: detector.present(found, label) for label in detector.world.labels}
 
     return detect
+
+
+PREDICTION_SEEDS = tuple(range(8))
+"""Seeds of the pure-noise starts averaged by :func:`toy_predict` (8 keep it to one small batch per prompt)."""
+TOY_IMAGE_SIZE = 32
+"""Side of the toy world's RGB images (``WorldConfig.image_size``; the sampler draws at this size)."""
+GUIDANCE = 4.0
+"""Classifier-free guidance of the prediction, as in the toy sampler's default."""
+
+
+@torch.no_grad()
+def toy_predict(model: Any, prompts: Sequence[str], seeds: Sequence[int] = PREDICTION_SEEDS) -> torch.Tensor:
+    """``[N, 3 * size * size]``: per prompt, the mean over ``seeds`` of the guided one-step clean-image estimate
+    ``x0_hat = (x_T - sqrt(1 - abar_T) eps) / sqrt(abar_T)`` from pure noise at the last timestep."""
+    from ..toyworld.sampler import initial_noise
+
+    n = len(seeds)
+    t_last = model.cfg.num_train_timesteps - 1
+    abar = model.alphas_cumprod[t_last]
+    x = initial_noise(list(seeds), (3, TOY_IMAGE_SIZE, TOY_IMAGE_SIZE))
+    tt = torch.full((2 * n,), t_last, dtype=torch.long)
+    uncond, umask = model.condition([""] * n)
+    out = []
+    for prompt in prompts:
+        cond, cmask = model.condition([prompt] * n)
+        eps_u, eps_c = model.unet(torch.cat([x, x]), tt, torch.cat([uncond, cond]), torch.cat([umask, cmask])).chunk(2)
+        eps = eps_u + GUIDANCE * (eps_c - eps_u)
+        x0 = ((x - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
+        out.append(x0.mean(0).flatten())
+    return torch.stack(out)
