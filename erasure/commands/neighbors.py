@@ -5,7 +5,7 @@ Both run on the embedded toy world (``--weights`` for other toy weights).
 * ``scan``: rank a vocabulary by the drift an erasure causes at the edit sites, targets and near-synonyms
   listed apart; the erasure is made now (``--erase boat --care water``) or read from a file (``--delta``).
   ``--denoiser-top-k K`` re-ranks the top K by denoiser drift (the audit's measure).
-* ``suggest``: a CARE set for ``--targets`` by ``--method text|risk|image`` (see ``docs/neighbors.md``).
+* ``suggest``: a CARE set for ``--targets`` by ``--method text|risk|image|denoiser`` (``docs/neighbors.md``).
 
 ``--vocab``: ``toy`` (the toy world's concepts, default), ``all`` or shipped categories
 (``objects,scenes``), or a file of your own (one concept per line). ``--json PATH`` writes the result.
@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     suggest = subparsers.add_parser("suggest", help="suggest a CARE set (concepts to protect) for targets",
                                     description=__doc__.split("\n")[0])
     suggest.add_argument("--targets", required=True, help="concepts to erase (comma separated)")
-    suggest.add_argument("--method", default="image", choices=("text", "risk", "image"))
+    suggest.add_argument("--method", default="image", choices=("text", "risk", "image", "denoiser"))
     suggest.add_argument("--top-k", type=int, default=5, help="at most this many suggestions")
     suggest.add_argument("--synonym-residual", type=float, help="near-synonym residual threshold (docs/neighbors.md)")
     suggest.add_argument("--related-z", type=float, help="robust z-score a concept needs to count as related")
@@ -145,6 +145,19 @@ def run_suggest(args: argparse.Namespace) -> int:
             toy_generate(model, args.steps), toy_detect(load_detector(args.detector)), targets,
             templates=("a {}",), n_images=args.images, min_frequency=args.min_frequency, top_k=args.top_k,
             flags=flags, categories=dict(zip(vocab.concepts, vocab.categories)),
+        )
+    elif args.method == "denoiser":
+        from ..audit.toy import toy_prompt
+        from ..neighbors import suggest_from_predictions
+        from ..neighbors.toy import toy_predict
+
+        def prompt(concept: str) -> str:
+            return toy_prompt(concept, world) if concept in world.labels else concept
+
+        suggestion = suggest_from_predictions(
+            vocab.concepts, vocab.categories, toy_predict(model, [prompt(c) for c in vocab.concepts]), targets,
+            toy_predict(model, [prompt(t) for t in targets]), settings.top_k, settings.related_z,
+            settings.synonym_residual,
         )
     else:
         suggestion = suggest_care(args.method, sites, encoder, vocab, targets, settings)

@@ -210,3 +210,13 @@ def test_vocabulary_helpers() -> None:
     assert v.concepts == ("boat", "water", "sea") and v.category_of("SEA") == "user"
     assert v.without(["water"]).concepts == ("boat", "sea")
     assert v.digest() != v.without(["water"]).digest()
+
+
+def test_denoiser_method_uses_the_same_flags_on_predictions() -> None:
+    from erasure.neighbors import suggest_from_predictions
+
+    vec, concepts = _world(width=48)
+    preds = torch.stack([vec.get(c, vec["boat"] * 0 + 3 * torch.ones(48)) for c in concepts])
+    s = suggest_from_predictions(concepts, ["x"] * len(concepts), preds, ["boat"], vec["boat"][None], top_k=5)
+    assert set(s.concepts) == {"water", "harbour"}
+    assert "ship" in s.erase_text() and s.method == "denoiser"
