@@ -177,3 +177,32 @@ def model_seed_grid(
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """A PIL image as a ComfyUI IMAGE batch ``[1, H, W, 3]`` float32 in [0, 1]."""
     return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+def batch_grid(
+    batches: Sequence[torch.Tensor],
+    rows: Sequence[GridRow],
+    models: Sequence[str],
+    title: str = "",
+    cell: int = DEFAULT_CELL,
+    column_labels: Sequence[str] = (),
+) -> Image.Image:
+    """A comparison grid from image batches sampled elsewhere: ``batches[m]`` holds model ``m``'s images,
+    row-major (row 0's images first), ``len(rows)`` rows of equally many images each.
+
+    Columns are labelled ``column_labels`` (one per image of a row) or ``#1, #2, ...``.
+    """
+    if len(batches) != len(models) or not batches:
+        raise GridError(f"{len(batches)} image batches for {len(models)} model labels")
+    sizes = {int(b.shape[0]) for b in batches}
+    if len(sizes) != 1:
+        raise GridError(f"the image batches differ in size ({sorted(sizes)}); give every model the same prompts and seeds")
+    n = sizes.pop()
+    if not rows or n % len(rows):
+        raise GridError(f"{n} images per batch cannot be split into {len(rows)} rows of equal length")
+    per_row = n // len(rows)
+    labels = list(column_labels) or [f"#{k + 1}" for k in range(per_row)]
+    if len(labels) != per_row:
+        raise GridError(f"{len(labels)} column labels for {per_row} images per row")
+    table = [[b[i * per_row + k] for b in batches for k in range(per_row)] for i in range(len(rows))]
+    return make_grid(table, rows, [label for _ in models for label in labels], [(m, per_row) for m in models], title, cell)

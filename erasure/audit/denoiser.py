@@ -76,6 +76,18 @@ class SigmaDenoiser:
         self._abar = alphas_cumprod.detach().float().cpu()
         self._shape = tuple(sample_shape)
 
+    @classmethod
+    def from_sigmas(
+        cls,
+        denoise: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
+        condition: Callable[[Sequence[str]], Any],
+        sigmas: torch.Tensor,
+        sample_shape: tuple[int, ...],
+    ) -> SigmaDenoiser:
+        """From a discrete sigma schedule (ComfyUI's ``model_sampling.sigmas``): ``abar = 1 / (1 + sigma^2)``."""
+        sigmas = sigmas.detach().double().cpu()
+        return cls(denoise, condition, (1.0 / (1.0 + sigmas**2)).float(), sample_shape)
+
     @property
     def alphas_cumprod(self) -> torch.Tensor:
         return self._abar
@@ -115,34 +127,48 @@ def denoiser_drift(
     timesteps: Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[float]:
-    """``D(c)`` (module docstring) per probe, in probe order; one batch of ``len(seeds)`` per call."""
+    """``D(c)`` (module docstring) per probe, in probe order; one batch of ``len(seeds)`` per call.
+
+    Every original-model evaluation runs first, then every edited-model one: a host that must swap
+    weights to switch models (ComfyUI patching a shared model in place) switches once.
+    ``progress`` is called ``2 * len(probes)`` times.
+    """
     if not seeds:
         raise ValueError("denoiser drift needs at least one seed")
     abar = original.alphas_cumprod.detach().float().cpu()
     steps = list(timesteps) if timesteps is not None else probe_timesteps(abar.shape[0])
     shape = tuple(original.sample_shape)
     start, fresh = _noise(seeds, shape, 0), _noise(seeds, shape, 1)
-    n = len(seeds)
+    n, total = len(seeds), 2 * len(probes)
     t_max = torch.full((n,), abar.shape[0] - 1, dtype=torch.long)
+    a_T = abar[-1]
     empty = original.condition([UNCONDITIONAL] * n)
-    out = []
+    probed: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []  # per probe: (x_t, eps_O, eps_O(""))
+    signal = []
     for k, probe in enumerate(probes):
-        cond_o = original.condition([probe.prompt] * n)
-        cond_e = edited.condition([probe.prompt] * n)
-        a_T = abar[-1]
-        x0 = ((start - (1 - a_T).sqrt() * original.eps(start, t_max, cond_o).float().cpu()) / a_T.sqrt())
+        cond = original.condition([probe.prompt] * n)
+        x0 = ((start - (1 - a_T).sqrt() * original.eps(start, t_max, cond).float().cpu()) / a_T.sqrt())
         x0 = x0.clamp(-DATA_RANGE, DATA_RANGE)
-        moved = signal = 0.0
+        rows, s = [], 0.0
         for t in steps:
-            a_t = abar[t]
-            x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * fresh
+            x_t = abar[t].sqrt() * x0 + (1 - abar[t]).sqrt() * fresh
             tt = torch.full((n,), t, dtype=torch.long)
-            e_o = original.eps(x_t, tt, cond_o).double().cpu()
-            e_e = edited.eps(x_t, tt, cond_e).double().cpu()
+            e_o = original.eps(x_t, tt, cond).double().cpu()
             e_u = original.eps(x_t, tt, empty).double().cpu()
-            moved += float((e_e - e_o).flatten(1).norm(dim=1).sum())
-            signal += float((e_o - e_u).flatten(1).norm(dim=1).sum())
-        out.append(moved / max(signal, EPS))
+            s += float((e_o - e_u).flatten(1).norm(dim=1).sum())
+            rows.append((x_t, e_o, tt))
+        probed.append(rows)
+        signal.append(s)
         if progress is not None:
-            progress(k + 1, len(probes))
+            progress(k + 1, total)
+    out = []
+    for k, (probe, rows) in enumerate(zip(probes, probed)):
+        cond = edited.condition([probe.prompt] * n)
+        moved = 0.0
+        for x_t, e_o, tt in rows:
+            e_e = edited.eps(x_t, tt, cond).double().cpu()
+            moved += float((e_e - e_o).flatten(1).norm(dim=1).sum())
+        out.append(moved / max(signal[k], EPS))
+        if progress is not None:
+            progress(len(probes) + k + 1, total)
     return out

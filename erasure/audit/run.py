@@ -57,7 +57,7 @@ def run_audit(
     do_sites = bool(sites) and updates is not None and encoder is not None
     do_denoiser = original is not None and edited is not None
     images = images or {}
-    total = (len(sites) if do_sites else 0) + (len(probes) if do_denoiser else 0) + len(images)
+    total = (len(sites) if do_sites else 0) + (2 * len(probes) if do_denoiser else 0) + len(images)
     done = 0
 
     def tick(*_: int) -> None:

@@ -127,6 +127,8 @@ def test_sigma_denoiser_recovers_epsilon() -> None:
     x_t = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([2, 10, 19])
     assert torch.allclose(d.eps(x_t, t, None), f(x_t), atol=1e-5)
+    from_sigmas = SigmaDenoiser.from_sigmas(denoise, lambda p: None, ((1 - abar) / abar).sqrt(), (4,))
+    assert torch.allclose(from_sigmas.alphas_cumprod, abar, atol=1e-6)
 
 
 def test_probe_timesteps() -> None:
@@ -150,6 +152,19 @@ def test_psnr_known_value_and_layouts() -> None:
     assert psnr(torch.from_numpy(a).permute(2, 0, 1), b) == pytest.approx(psnr(a, b))  # CHW == HWC
     noisy = np.clip(b + np.random.default_rng(0).normal(0, 0.2, b.shape), 0, 1)
     assert ssim(b, noisy) < 0.9
+
+
+@pytest.mark.parametrize("size", [32, 5])
+def test_ssim_and_psnr_agree_with_scikit_image(size: int) -> None:
+    metrics = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(size)
+    a = rng.integers(0, 256, (size, size, 3)).astype(np.float64) / 255
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
+    b = np.rint(b * 255) / 255
+    win = 7 if size >= 7 else size
+    ref = metrics.structural_similarity(a, b, channel_axis=-1, data_range=1.0, win_size=win)
+    assert ssim(a, b) == pytest.approx(ref, abs=1e-9)
+    assert psnr(a, b) == pytest.approx(metrics.peak_signal_noise_ratio(a, b, data_range=1.0), abs=1e-9)
 
 
 def test_fidelity_refuses_mismatched_pairs() -> None:

@@ -68,3 +68,19 @@ def test_pil_to_tensor_is_a_comfy_image_batch() -> None:
 def test_mismatches_are_refused(images, rows, columns, groups) -> None:
     with pytest.raises(GridError):
         make_grid(images, rows, columns, groups)
+
+
+def test_batch_grid_splits_row_major_batches() -> None:
+    from erasure.grid import batch_grid
+
+    a = torch.stack([solid(i, j).permute(1, 2, 0) for i in range(3) for j in range(2)])  # [6, H, W, 3]
+    b = torch.stack([solid(i, j + 2).permute(1, 2, 0) for i in range(3) for j in range(2)])
+    grid = batch_grid([a, b], ROWS, ["original", "erased"], cell=24)
+    x00, y00 = find(grid, to_uint8_hwc(solid(0, 0))[0, 0])
+    x21, y21 = find(grid, to_uint8_hwc(solid(2, 1))[0, 0])
+    x03, _ = find(grid, to_uint8_hwc(solid(0, 3))[0, 0])
+    assert y21 > y00 and x21 > x00 and x03 > x21  # row 2 below row 0; model b to the right of model a
+    with pytest.raises(GridError, match="differ in size"):
+        batch_grid([a, b[:4]], ROWS, ["original", "erased"])
+    with pytest.raises(GridError, match="rows"):
+        batch_grid([a[:5]], ROWS, ["original"])
