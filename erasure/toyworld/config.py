@@ -134,6 +134,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     caption_dropout: float = 0.1  # empty caption -> classifier-free guidance
+    # Loss weight clamp(1 / SNR(t), 1, high_noise_weight_max): the epsilon loss hides errors in the
+    # high-noise steps where the caption decides the scene (an x0 error counts SNR times less), so those
+    # steps are up-weighted up to this factor (1.0 = plain epsilon loss).
+    high_noise_weight_max: float = 1.0
     ema_decay: float = 0.999
     num_threads: int = 2
     max_minutes: float = 40.0  # wall-clock guard; training stops early (and says so) past it

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .config import ModelConfig, TrainConfig, WorldConfig, from_dict, to_dict
@@ -37,16 +36,18 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def diffusion_loss(
-    model: ToyModel, images: torch.Tensor, captions: list[str], gen: torch.Generator
+    model: ToyModel, images: torch.Tensor, captions: list[str], gen: torch.Generator, weight_max: float = 1.0
 ) -> torch.Tensor:
-    """Epsilon-prediction MSE at uniformly drawn timesteps."""
+    """Epsilon-prediction MSE at uniformly drawn timesteps, weighted ``clamp(1 / SNR, 1, weight_max)``."""
     b = images.shape[0]
     t = torch.randint(0, model.cfg.num_train_timesteps, (b,), generator=gen)
     noise = torch.randn(images.shape, generator=gen)
     ab = model.alphas_cumprod[t][:, None, None, None]
     x_t = ab.sqrt() * images + (1 - ab).sqrt() * noise
     context, mask = model.condition(captions)
-    return F.mse_loss(model.unet(x_t, t, context, mask), noise)
+    per_image = (model.unet(x_t, t, context, mask) - noise).pow(2).mean(dim=(1, 2, 3))
+    weight = ((1 - ab) / ab).flatten().clamp(1.0, weight_max)
+    return (weight * per_image).mean()
 
 
 @torch.no_grad()
@@ -114,7 +115,7 @@ def train(
         captions = ["" if rng.random() < cfg.caption_dropout else c for c in captions]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss = diffusion_loss(model, torch.from_numpy(images), captions, gen)
+        loss = diffusion_loss(model, torch.from_numpy(images), captions, gen, cfg.high_noise_weight_max)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=TrainConfig.num_threads)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--warmup", type=int, default=TrainConfig.warmup_steps)
+    p.add_argument("--high-noise-weight", type=float, default=TrainConfig.high_noise_weight_max)
     p.add_argument("--init", type=Path, default=None, help="continue from these weights (a second stage)")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR / MODEL_FILE)
     args = p.parse_args(argv)
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         num_threads=args.threads,
         lr=args.lr,
         warmup_steps=args.warmup,
+        high_noise_weight_max=args.high_noise_weight,
     )
     _, stats = train(WorldConfig(), ModelConfig(), cfg, args.out, init=args.init)
     print(f"trained {stats['steps_done']} steps in {stats['seconds']:.0f} s -> {args.out}")
