@@ -15,7 +15,7 @@ than 5), per target and averaged; for the added near-synonyms, how many were fla
 (wrongly) suggested; for objects without a home background, how many concepts were suggested anyway.
 
 Then the erasure check: each target is erased once with the hand-picked CARE set (its true partner, as in
-:mod:`erasure.toyworld.evaluate`) and once with the suggested set of ``--erase-method`` (no hand-picked
+:mod:`erasure.toyworld.evaluate`) and once with the suggested set of each ``--erase-methods`` method (no hand-picked
 list), same settings. On fixed seeds the detector gives the target erasure rate (target prompt no longer
 shows the target) and the CARE score (the partner is still detected in its own prompt and in the mixed
 prompt "a boat on water"). The requirement is CARE(suggested) >= 90% of CARE(hand-picked) at the same
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=16, help="seeds per prompt when scoring erasures")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--erase-method", default="image", choices=METHODS)
+    p.add_argument("--erase-methods", default="image,denoiser",
+                   help="comma-separated methods whose suggested sets are erased and scored")
     p.add_argument("--skip-erasure", action="store_true", help="suggestion metrics only (no erasure scoring)")
     p.add_argument("--quick", action="store_true", help="8 images, 4 seeds, 8 steps (smoke run)")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -166,41 +167,49 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     erasure = None
+    erase_methods = [m.strip() for m in args.erase_methods.split(",") if m.strip()]
+    unknown = [m for m in erase_methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown --erase-methods {unknown}; choose from {METHODS}")
     if not args.skip_erasure:
         scorer = Scorer(model, detector, list(range(args.seeds)), sampler)
         erase_settings = EraseSettings()
         rows = []
         for target in world.home_background:
             case = make_case(target, world)
-            suggested = suggestions[args.erase_method][target].concepts
-            hand_set, _ = concept_set(case, "care", world)
-            auto_set = ConceptSet([Target(target)], [Retained(c, DEFAULT_CARE_WEIGHT, care=True) for c in suggested])
             prompts = [case.target_prompt, *case.care_prompts, *case.mixed_prompts]
             care_texts = [q.text for q in (*case.care_prompts, *case.mixed_prompts)]
-            row = {"target": target, "truth": list(case.care), "suggested": suggested}
-            for name, cs in (("original", None), ("hand_picked", hand_set), ("suggested", auto_set)):
+            sets = {"original": None, "hand_picked": concept_set(case, "care", world)[0]}
+            for m in erase_methods:  # the same suggested set is erased (and scored) once
+                care = [Retained(c, DEFAULT_CARE_WEIGHT, care=True) for c in suggestions[m][target].concepts]
+                sets[m] = ConceptSet([Target(target)], care)
+            row = {"target": target, "truth": list(case.care),
+                   "suggested": {m: suggestions[m][target].concepts for m in erase_methods}}
+            for name, cs in sets.items():
                 edited = model if cs is None else erase_model(model, cs, erase_settings)[0]
                 scores = scorer.score_many(edited, [Prompt(q.text, q.concept) for q in prompts])
                 row[name] = {
                     "erasure_rate": 1.0 - scores[case.target_prompt.text].rate,
                     "care_score": float(np.mean([scores[t].rate for t in care_texts])),
                 }
-            row["care_ratio"] = row["suggested"]["care_score"] / max(row["hand_picked"]["care_score"], 1e-9)
             rows.append(row)
-            print(f"erase {target:8s} {row['original']} hand={row['hand_picked']} auto={row['suggested']}", flush=True)
+            print(f"erase {target:8s} " + " ".join(f"{k}={row[k]}" for k in sets), flush=True)
         mean_of = lambda key, field: float(np.mean([r[key][field] for r in rows]))  # noqa: E731
-        hand_care, auto_care = mean_of("hand_picked", "care_score"), mean_of("suggested", "care_score")
+        hand_care = mean_of("hand_picked", "care_score")
         erasure = {
-            "method": args.erase_method,
             "seeds": args.seeds,
             "rows": rows,
-            "original_care_score": mean_of("original", "care_score"),
+            "original": {"erasure_rate": mean_of("original", "erasure_rate"), "care_score": mean_of("original", "care_score")},
             "hand_picked": {"erasure_rate": mean_of("hand_picked", "erasure_rate"), "care_score": hand_care},
-            "suggested": {"erasure_rate": mean_of("suggested", "erasure_rate"), "care_score": auto_care},
-            "care_ratio": auto_care / max(hand_care, 1e-9),
+            "suggested": {},
             "required_care_ratio": REQUIRED_CARE_RATIO,
         }
-        erasure["passes"] = erasure["care_ratio"] >= REQUIRED_CARE_RATIO
+        for m in erase_methods:
+            care = mean_of(m, "care_score")
+            erasure["suggested"][m] = {
+                "erasure_rate": mean_of(m, "erasure_rate"), "care_score": care,
+                "care_ratio": care / max(hand_care, 1e-9), "passes": care / max(hand_care, 1e-9) >= REQUIRED_CARE_RATIO,
+            }
 
     result = {
         "benchmark": "care_suggest",
