@@ -168,6 +168,9 @@ class SamplerConfig:
     guidance_scale: float = 4.0
     eta: float = 0.0
     batch_size: int = 64
+    # Start at the noisiest step whose alpha_bar is at least this: at the schedule's very end
+    # (alpha_bar ~ 1e-9) the x0 estimate divides model error by sqrt(alpha_bar) and injects clipped noise.
+    min_alpha_bar: float = 0.005
 
 
 def _tuplify(value: Any) -> Any:

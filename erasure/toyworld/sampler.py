@@ -21,9 +21,15 @@ def initial_noise(seeds: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
-def ddim_timesteps(num_train: int, steps: int) -> list[int]:
-    """Evenly spaced timesteps from ``num_train - 1`` down to 0."""
-    return [round(i * (num_train - 1) / (steps - 1)) for i in reversed(range(steps))] if steps > 1 else [num_train - 1]
+def ddim_timesteps(t_max: int, steps: int) -> list[int]:
+    """Evenly spaced timesteps from ``t_max`` down to 0."""
+    return [round(i * t_max / (steps - 1)) for i in reversed(range(steps))] if steps > 1 else [t_max]
+
+
+def start_timestep(alphas_cumprod: torch.Tensor, min_alpha_bar: float) -> int:
+    """The noisiest timestep whose ``alpha_bar >= min_alpha_bar``."""
+    ok = (alphas_cumprod >= min_alpha_bar).nonzero()
+    return int(ok.max()) if len(ok) else 0
 
 
 @torch.no_grad()
@@ -54,7 +60,7 @@ def _sample_batch(model: ToyModel, prompts: list[str], seeds: list[int], cfg: Sa
     context = torch.cat([uncond, cond]) if guided else cond
     mask = torch.cat([umask, cmask]) if guided else cmask
     ab = model.alphas_cumprod
-    ts = ddim_timesteps(model.cfg.num_train_timesteps, cfg.steps)
+    ts = ddim_timesteps(start_timestep(ab, cfg.min_alpha_bar), cfg.steps)
     gen = torch.Generator().manual_seed(int(seeds[0]) + 1) if cfg.eta > 0 else None
     for i, t in enumerate(ts):
         a_t = ab[t]
