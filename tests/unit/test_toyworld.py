@@ -120,7 +120,7 @@ def test_sampler_is_seeded_per_image() -> None:
     a = sample(model, ["a boat", "a fish", "water"], [1, 2, 3], cfg)
     b = sample(model, ["a fish"], [2], replace(cfg, batch_size=1))
     assert a.shape == (3, 3, 32, 32) and 0 <= a.min() and a.max() <= 1
-    assert torch.allclose(a[1], b[0], atol=1e-5)
+    assert torch.allclose(a[1], b[0], atol=1e-3)  # batching only changes float rounding
 
 
 def test_detector_shapes_and_names() -> None:
