@@ -7,7 +7,8 @@ near-synonyms added on purpose (``"a boat"``, ``"the boat"`` for each target):
 
 * ``text``  -- neighbours in the text encoder's space, residual clusters removed (:mod:`erasure.neighbors.suggest`);
 * ``risk``  -- the concepts a naive erasure of the target damages most at the edit sites;
-* ``image`` -- concepts the detector finds in >= 25% of generated target images;
+* ``image`` -- concepts the detector finds in >= 25% of generated target images and at least twice as
+  often as in images of the empty prompt (same seeds);
 * ``denoiser`` -- the text procedure on the denoiser's one-step clean-image estimates (no sampling).
 
 Recorded per method: recall@5 and precision@5 (precision over the returned list, which may be shorter
@@ -118,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     predictions = toy_predict(model, [toy_prompt(c, world) if c in world.labels else c for c in vocab.concepts])
     prediction_s = time.perf_counter() - t0
 
+    # baseline for the image method's lift test: the empty prompt on the same seeds, shared by every target
+    t0 = time.perf_counter()
+    baseline = detect(generate([""] * args.images, list(range(args.images))))
+    baseline_s = time.perf_counter() - t0
+
     per_method: dict[str, list[dict[str, object]]] = {m: [] for m in METHODS}
     no_partner: dict[str, dict[str, int]] = {m: {} for m in per_method}
     suggestions: dict[str, dict[str, Suggestion]] = {m: {} for m in per_method}
@@ -135,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         flags = {c: "near-synonym" for c, f in zip(vocab.concepts, relation.near_synonym.tolist()) if f}
         suggestions["image"][target] = suggest_from_images(
             generate, detect, [target], templates=(IMAGE_TEMPLATE,), n_images=args.images, flags=flags,
-            categories=dict(zip(vocab.concepts, vocab.categories)), top_k=K,
+            categories=dict(zip(vocab.concepts, vocab.categories)), top_k=K, baseline=baseline,
         )
-        timing["image"] += time.perf_counter() - t0
+        timing["image"] += time.perf_counter() - t0 + baseline_s / len(world.objects)
         t0 = time.perf_counter()
         i = vocab.concepts.index(target)
         suggestions["denoiser"][target] = suggest_from_predictions(
@@ -147,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {"target": target, "truth": sorted(truth), **metrics(suggestions[method][target], truth, synonyms)}
             if method == "image":
                 row["frequencies"] = suggestions[method][target].stats["frequencies"]
+                row["lifts"] = suggestions[method][target].stats["lifts"]
             if truth:
                 per_method[method].append(row)
             else:

@@ -205,6 +205,10 @@ class CARESuggestFromImages(io.ComfyNode):
                 io.Int.Input("top_k", default=5, min=1, max=50, tooltip="At most this many suggestions."),
                 io.String.Input("exclude", multiline=True, default="", optional=True,
                                 tooltip="Concepts never to suggest (e.g. ones that are not benign), one per line."),
+                io.Image.Input("baseline_images", optional=True,
+                               tooltip="Optional: the same seeds sampled from an empty prompt. Then a concept must "
+                                       "also appear at least twice as often with the target as without it "
+                                       "(drops what the model draws everywhere)."),
             ],
             outputs=[
                 io.String.Output(display_name="care", tooltip="Suggested CARE concepts, one per line."),
@@ -215,19 +219,22 @@ class CARESuggestFromImages(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, targets, clip_classifier, vocabulary, labels_per_image, min_frequency, top_k,
-                extra_concepts="", exclude="") -> io.NodeOutput:
+                extra_concepts="", exclude="", baseline_images=None) -> io.NodeOutput:
         nb = _nb()
         if not clip_classifier.strip():
             raise ValueError("CARE Suggest From Images needs a local CLIP folder in 'clip_classifier'")
         vocab = _vocabulary(vocabulary, extra_concepts)
         classifier = engine_module("audit.care").zero_shot_from_transformers(clip_classifier.strip(), list(vocab.concepts))
         detections = nb.top_m_detections(classifier.probabilities(images), classifier.labels, labels_per_image)
+        baseline = None
+        if baseline_images is not None:
+            baseline = nb.top_m_detections(classifier.probabilities(baseline_images), classifier.labels, labels_per_image)
         target_list = [t for t in nb.parse_vocabulary(targets).concepts]
         if not target_list:
             raise ValueError("write the erased target(s) in 'targets' so they are not suggested")
         s = nb.suggest_from_detections(detections, target_list, min_frequency, top_k,
                                        exclude=nb.parse_vocabulary(exclude or "").concepts,
-                                       categories=dict(zip(vocab.concepts, vocab.categories)))
+                                       categories=dict(zip(vocab.concepts, vocab.categories)), baseline=baseline)
         table = s.as_table()
         return io.NodeOutput(s.care_text(), table, ui=ui.PreviewText(table))
 

@@ -178,23 +178,34 @@ def test_text_suggestion_top_k_and_thresholds() -> None:
 # ------------------------------------------------------------------------------------------ images
 def test_image_suggestion_keeps_frequent_benign_concepts() -> None:
     n = 20
+    calls = []
 
     def generate(prompts, seeds):  # noqa: ANN001, ANN202
-        assert prompts == ["a boat"] * n and list(seeds) == list(range(7, 7 + n))
-        return torch.arange(n, dtype=torch.float32)[:, None, None, None].expand(n, 3, 2, 2)
+        calls.append(prompts[0])
+        assert list(seeds) == list(range(7, 7 + n)) and len(set(prompts)) == 1
+        offset = 0 if prompts[0] == "a boat" else 100  # baseline images get other indices
+        return (torch.arange(n, dtype=torch.float32) + offset)[:, None, None, None].expand(n, 3, 2, 2)
 
     def detect(images):  # noqa: ANN001, ANN202
         i = images[:, 0, 0, 0].long().numpy()
+        boat, base = i < 100, i >= 100
+        j = i % 100
         return {
-            "boat": np.ones(n, bool), "water": i < 18, "sky": i < 8, "gull": i < 2,
-            "ship": i < 15, "boat trailer": i < 10, "weapon": i < 12,
+            "boat": boat, "water": boat & (j < 18) | base & (j < 2), "sand": boat & (j < 10),
+            "sky": (j < 12),  # as common without the boat: not tied to it (lift 1)
+            "gull": boat & (j < 2), "ship": boat & (j < 15), "boat trailer": boat & (j < 10), "weapon": boat & (j < 12),
         }
 
     s = suggest_from_images(generate, detect, ["boat"], templates=("a {}",), n_images=n, seed=7,
                             min_frequency=0.25, exclude=["weapon"], flags={"ship": "near-synonym"})
-    assert s.concepts == ["water", "sky"]  # gull is too rare, weapon excluded, boat is the target
+    assert calls == ["", "a boat"]
+    assert s.concepts == ["water", "sand"]  # sky: no lift; gull: too rare; weapon excluded; boat is the target
     assert s.suggested[0].score == pytest.approx(0.9)
+    assert s.stats["lifts"]["water"] == pytest.approx((19 / 22) / (3 / 22))
     assert {f.concept: f.reason for f in s.flagged} == {"ship": "near-synonym", "boat trailer": "contains target"}
+    without = suggest_from_images(generate, detect, ["boat"], templates=("a {}",), n_images=n, seed=7,
+                                  baseline_prompt=None, exclude=["weapon"], flags={"ship": "near-synonym"})
+    assert without.concepts == ["water", "sky", "sand"]  # frequency only: the ubiquitous sky comes back
 
 
 def test_top_m_detections() -> None:
