@@ -52,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     suggest.add_argument("--related-z", type=float, help="robust z-score a concept needs to count as related")
     suggest.add_argument("--images", type=int, default=32, help="images per target (image method)")
     suggest.add_argument("--min-frequency", type=float, default=0.25, help="image method: fraction of images")
+    suggest.add_argument("--min-lift", type=float, default=2.0,
+                         help="image method: how much more often than in empty-prompt images (0: no baseline)")
     suggest.add_argument("--steps", type=int, default=20, help="DDIM steps (image method)")
     suggest.add_argument("--detector", type=Path, help="toy detector weights (default: the committed ones)")
     _common(suggest)
@@ -145,6 +147,7 @@ def run_suggest(args: argparse.Namespace) -> int:
             toy_generate(model, args.steps), toy_detect(load_detector(args.detector)), targets,
             templates=("a {}",), n_images=args.images, min_frequency=args.min_frequency, top_k=args.top_k,
             flags=flags, categories=dict(zip(vocab.concepts, vocab.categories)),
+            baseline_prompt="" if args.min_lift > 0 else None, min_lift=args.min_lift,
         )
     elif args.method == "denoiser":
         from ..audit.toy import toy_prompt
