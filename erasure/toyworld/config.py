@@ -120,6 +120,10 @@ class ModelConfig:
     ff_mult: int = 2
     time_freq_dim: int = 64
     num_train_timesteps: int = 1000
+    # Offset noise: a per-image, per-channel constant added to the Gaussian noise (std noise_offset), in
+    # training and in the sampler's starting noise. Without it a 32x32 image's mean colour survives even
+    # the noisiest steps, so the model reads the background from the seed instead of from the caption.
+    noise_offset: float = 0.0
 
 
 @dataclass(frozen=True)

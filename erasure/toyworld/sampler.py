@@ -17,8 +17,16 @@ from .model import ToyModel
 UNCONDITIONAL = ""
 
 
-def initial_noise(seeds: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+def initial_noise(seeds: Sequence[int], shape: tuple[int, ...], offset: float = 0.0) -> torch.Tensor:
+    """Starting noise, one generator per seed; ``offset`` adds a per-channel constant (offset noise)."""
+    out = []
+    for s in seeds:
+        gen = torch.Generator().manual_seed(int(s))
+        x = torch.randn(shape, generator=gen)
+        if offset > 0:
+            x = x + offset * torch.randn((shape[0], 1, 1), generator=gen)
+        out.append(x)
+    return torch.stack(out)
 
 
 def ddim_timesteps(t_max: int, steps: int) -> list[int]:
@@ -53,7 +61,7 @@ def sample(
 
 def _sample_batch(model: ToyModel, prompts: list[str], seeds: list[int], cfg: SamplerConfig, size: int) -> torch.Tensor:
     b = len(prompts)
-    x = initial_noise(seeds, (3, size, size))
+    x = initial_noise(seeds, (3, size, size), model.cfg.noise_offset)
     cond, cmask = model.condition(prompts)
     uncond, umask = model.condition([UNCONDITIONAL] * b)
     guided = cfg.guidance_scale != 1.0

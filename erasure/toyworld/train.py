@@ -42,6 +42,8 @@ def diffusion_loss(
     b = images.shape[0]
     t = torch.randint(0, model.cfg.num_train_timesteps, (b,), generator=gen)
     noise = torch.randn(images.shape, generator=gen)
+    if model.cfg.noise_offset > 0:
+        noise = noise + model.cfg.noise_offset * torch.randn((b, images.shape[1], 1, 1), generator=gen)
     ab = model.alphas_cumprod[t][:, None, None, None]
     x_t = ab.sqrt() * images + (1 - ab).sqrt() * noise
     context, mask = model.condition(captions)
@@ -78,7 +80,8 @@ def train(
     history: list[dict] = []
     if init is not None:
         init_meta = load_meta(init)
-        if init_meta["vocab"] != vocab or from_dict(ModelConfig, init_meta["model"]) != model_cfg:
+        earlier = replace(from_dict(ModelConfig, init_meta["model"]), noise_offset=model_cfg.noise_offset)
+        if init_meta["vocab"] != vocab or earlier != model_cfg:  # a later stage may change the noise offset
             raise ValueError(f"{init} was trained with another vocabulary or model config")
         model.load_state_dict(load_state(init))
         history = [*init_meta.get("history", []), {"train": init_meta["train"], "stats": init_meta["stats"]}]
@@ -144,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--warmup", type=int, default=TrainConfig.warmup_steps)
     p.add_argument("--high-noise-weight", type=float, default=TrainConfig.high_noise_weight_max)
+    p.add_argument("--noise-offset", type=float, default=ModelConfig.noise_offset)
     p.add_argument("--init", type=Path, default=None, help="continue from these weights (a second stage)")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR / MODEL_FILE)
     args = p.parse_args(argv)
@@ -158,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         warmup_steps=args.warmup,
         high_noise_weight_max=args.high_noise_weight,
     )
-    _, stats = train(WorldConfig(), ModelConfig(), cfg, args.out, init=args.init)
+    model_cfg = replace(ModelConfig(), noise_offset=args.noise_offset)
+    _, stats = train(WorldConfig(), model_cfg, cfg, args.out, init=args.init)
     print(f"trained {stats['steps_done']} steps in {stats['seconds']:.0f} s -> {args.out}")
 
 
