@@ -177,14 +177,41 @@ class _Segment:
     offset: int  # first row of this segment in the encoder output
 
 
-def _layout(tokens: TokenDict, rows: int) -> list[_Segment]:
+def _class_names(obj) -> set[str]:
+    return {c.__name__ for c in type(obj).__mro__}
+
+
+def _layout(tokens: TokenDict, rows: int, text_model=None) -> list[_Segment]:
     """Which tokenizer key's tokens the ``rows`` output rows correspond to.
 
-    One key whose flattened length is ``rows`` (SD1.x ``l``, SD2.x ``h``, SDXL ``g``/``l`` side by side in
-    width, FLUX ``t5xxl``), or CLIP rows followed by T5 rows (SD3: ``l``/``g`` then ``t5xxl``).
+    Read from the CLIP's text model class when it is one ComfyUI 0.3.64 has (``text_model`` is
+    ``clip.cond_stage_model``): SD1.x/SD2.x/SDXL-refiner one CLIP (``l``/``h``/``g``), SDXL ``l`` and ``g``
+    side by side in width, SD3 CLIP rows (``l``/``g``, whichever are loaded) then T5 rows, FLUX T5 rows.
+    Otherwise: the one key whose flattened length is ``rows``, or CLIP rows followed by T5 rows.
     """
     lengths = {k: len(_flat(tokens, k)) for k in tokens}
-    for key in ("t5xxl", "g", "l", "h", *sorted(tokens)):
+    names = _class_names(text_model) if text_model is not None else set()
+    segments: list[_Segment] | None = None
+    if "SD3ClipModel" in names:
+        segments, offset = [], 0
+        loaded = [k for k, attr in (("l", "clip_l"), ("g", "clip_g")) if getattr(text_model, attr, None) is not None]
+        if loaded:
+            segments.append(_Segment(loaded[0], 0))
+            offset = min(lengths[k] for k in loaded)
+        if getattr(text_model, "t5xxl", None) is not None:
+            segments.append(_Segment("t5xxl", offset))
+            offset += lengths["t5xxl"]
+        if offset != rows:
+            segments = None
+    elif "FluxClipModel" in names and lengths.get("t5xxl") == rows:
+        segments = [_Segment("t5xxl", 0)]
+    elif "SDXLClipModel" in names and lengths.get("l") == rows:
+        segments = [_Segment("l", 0)]
+    elif "SD1ClipModel" in names and lengths.get(getattr(text_model, "clip_name", ""), -1) == rows:
+        segments = [_Segment(text_model.clip_name, 0)]
+    if segments:
+        return segments
+    for key in ("l", "g", "h", "t5xxl", *sorted(tokens)):
         if key in lengths and lengths[key] == rows:
             return [_Segment(key, 0)]
     clip_keys = [k for k in ("l", "g") if k in lengths and lengths[k] > 0]
@@ -196,6 +223,24 @@ def _layout(tokens: TokenDict, rows: int) -> list[_Segment]:
         f"cannot map the text encoder's {rows} output tokens to its tokenizer output "
         f"({', '.join(f'{k}: {n}' for k, n in lengths.items())}); this CLIP type is not supported"
     )
+
+
+# Causal CLIP text models: the row of a token depends only on the tokens before it, so rows up to
+# end-of-text are the same in a shorter sequence (see ComfyTextEncoder's ``truncate``).
+CAUSAL_TEXT_MODELS = ("SD1ClipModel", "SDXLClipModel")
+POSITION_EMBEDDING = "embeddings.position_embedding.weight"
+
+
+class _Invoke(torch.nn.Module):
+    """Holds a text model as a submodule so ``torch.func.functional_call`` can substitute its tensors."""
+
+    def __init__(self, text_model: torch.nn.Module, fn: Callable[[], object]) -> None:
+        super().__init__()
+        self.text_model = text_model
+        self._fn = fn
+
+    def forward(self):
+        return self._fn()
 
 
 def _phrase_rows(full: Sequence[tuple], prefix_ids: list, upto_ids: list, lead: int = 1) -> tuple[list[int], list[int]]:
@@ -232,6 +277,14 @@ class ComfyTextEncoder:
     Vectors are exactly the conditioning rows the sampler gives the denoiser for that prompt (whatever
     the CLIP's layer/clip-skip settings), in float32 on the CPU. Prompts whose tokenizations have the
     same chunk lengths are encoded together, ``batch_size`` prompts per call.
+
+    ``truncate`` (for token scopes that stop at end-of-text): with a causal CLIP (SD1.x, SD2.x, SDXL), a
+    one-chunk prompt is encoded only up to the longest end-of-text position needed so far instead of all
+    77 positions, which is several times faster and gives the same rows up to there. The CLIP's own
+    ``encode_from_tokens`` runs; its position-embedding table is handed to it cut to that length through
+    ``torch.func.functional_call`` (nothing of the CLIP is modified). The length never shrinks during
+    the encoder's life, so an anchor encoded after its target always has the rows at the target's
+    positions. T5 encoders (SD3, FLUX) see every position and are never truncated.
     """
 
     def __init__(
@@ -240,30 +293,37 @@ class ComfyTextEncoder:
         batch_size: int = 32,
         on_batch: Callable[[int, int], None] | None = None,
         name: str | None = None,
+        truncate: bool = False,
     ) -> None:
         if clip is None or not hasattr(clip, "tokenize") or not hasattr(clip, "encode_from_tokens"):
             raise AdapterError("the CLIP input is not a ComfyUI CLIP (it needs tokenize and encode_from_tokens)")
         self.clip = clip
         self.batch_size = max(1, int(batch_size))
         self.on_batch = on_batch
-        self.name = name or type(getattr(clip, "cond_stage_model", clip)).__name__
+        self.text_model = getattr(clip, "cond_stage_model", None)
+        self.name = name or type(self.text_model if self.text_model is not None else clip).__name__
         self._width: int | None = None
         self._lead: dict[str, int] | None = None
+        self._positions = self._position_tables() if truncate else {}
+        self._length = 0  # rows kept so far when truncating (never shrinks)
+
+    @property
+    def truncating(self) -> bool:
+        return bool(self._positions)
 
     # -- TextEncoder protocol
     @property
     def width(self) -> int:
         if self._width is None:
-            self._width = int(self._encode([self._tokenize("")])[0].shape[-1])
+            self._width = int(self._encode([self._tokenize("")])[0][0].shape[-1])
         return self._width
 
     def encode(self, prompts: Sequence[str], phrases: Sequence[str]) -> list:
         if len(prompts) != len(phrases):
             raise ValueError("encode() needs one phrase per prompt")
-        tokenized = [self._tokenize(p) for p in prompts]
-        vectors = self._encode(tokenized)
+        encoded = self._encode([self._tokenize(p) for p in prompts])
         out = []
-        for prompt, phrase, tokens, rows in zip(prompts, phrases, tokenized, vectors):
+        for prompt, phrase, (rows, tokens) in zip(prompts, phrases, encoded):
             self._width = int(rows.shape[-1])
             phrase_rows, tail_rows = self._locate(prompt, phrase, tokens, rows.shape[0])
             out.append(
@@ -291,7 +351,7 @@ class ComfyTextEncoder:
         lead = self._leading_specials()
         phrase_rows: list[int] = []
         tail_rows: list[int] = []
-        for seg in _layout(tokens, rows):
+        for seg in _layout(tokens, rows, self.text_model):
             p, t = _phrase_rows(
                 _flat(tokens, seg.key),
                 _content_ids(_flat(prefix_tok, seg.key)),
@@ -312,9 +372,32 @@ class ComfyTextEncoder:
                 self._lead[key] = next((i for i, t in enumerate(flat) if len(t) > 2 and t[2] > 0), 0)
         return self._lead
 
-    def _encode(self, tokenized: Sequence[TokenDict]) -> list[torch.Tensor]:
-        """Per prompt ``[T, d]`` float32 CPU rows, batching prompts with identical chunk layouts."""
-        results: list[torch.Tensor | None] = [None] * len(tokenized)
+    # -- truncation (causal CLIP only)
+    def _position_tables(self) -> dict[str, torch.Tensor]:
+        model = self.text_model
+        if model is None or not (_class_names(model) & set(CAUSAL_TEXT_MODELS)):
+            return {}
+        return {n: p for n, p in model.named_parameters() if n.endswith(POSITION_EMBEDDING)}
+
+    def _truncated(self, tokenized: Sequence[TokenDict]) -> list[TokenDict]:
+        """The prompts cut after the longest end-of-text position needed so far (one-chunk prompts)."""
+        if not self._positions or any(len(chunks) != 1 for t in tokenized for chunks in t.values()):
+            return list(tokenized)
+        lead = self._leading_specials()
+        need = self._length
+        for tokens in tokenized:
+            for key, chunks in tokens.items():
+                words = [i for i, t in enumerate(chunks[0]) if len(t) > 2 and t[2] > 0]
+                need = max(need, (words[-1] + 2) if words else lead.get(key, 1) + 1)
+        self._length = need
+        return [{k: [c[0][:need]] for k, c in t.items()} for t in tokenized]
+
+    # -- encoding
+    def _encode(self, tokenized: Sequence[TokenDict]) -> list[tuple[torch.Tensor, TokenDict]]:
+        """Per prompt ``([T, d] float32 CPU rows, the tokens they came from)``, batching prompts with
+        identical chunk layouts."""
+        tokenized = self._truncated(tokenized)
+        results: list = [None] * len(tokenized)
         groups: dict[tuple, list[int]] = {}
         for i, tokens in enumerate(tokenized):
             signature = tuple((k, tuple(len(c) for c in tokens[k])) for k in sorted(tokens))
@@ -324,11 +407,11 @@ class ComfyTextEncoder:
             for b in range(0, len(members), self.batch_size):
                 batch = members[b : b + self.batch_size]
                 for i, rows in zip(batch, self._encode_batch([tokenized[i] for i in batch])):
-                    results[i] = rows
+                    results[i] = (rows, tokenized[i])
                 done += len(batch)
                 if self.on_batch is not None:
                     self.on_batch(done, total)
-        return results  # type: ignore[return-value]
+        return results
 
     def _encode_batch(self, batch: Sequence[TokenDict]) -> list[torch.Tensor]:
         """ComfyUI encodes a prompt's chunks as one batch and concatenates them along the tokens, so
@@ -341,7 +424,17 @@ class ComfyTextEncoder:
         return [self._cond({k: _strip(v) for k, v in tokens.items()})[0].float().cpu() for tokens in batch]
 
     def _cond(self, tokens: dict) -> torch.Tensor:
-        cond = self.clip.encode_from_tokens(tokens)
+        length = {len(c) for chunks in tokens.values() for c in chunks}
+        if self._positions and length and max(length) < min(p.shape[0] for p in self._positions.values()):
+            n = max(length)
+            if hasattr(self.clip, "load_model"):
+                self.clip.load_model()  # load (and patch) the CLIP before its tables are handed over
+            tables = {f"text_model.{k}": p[:n] for k, p in self._positions.items()}
+            cond = torch.func.functional_call(
+                _Invoke(self.text_model, lambda: self.clip.encode_from_tokens(tokens)), tables, ()
+            )
+        else:
+            cond = self.clip.encode_from_tokens(tokens)
         if isinstance(cond, (tuple, list)):
             cond = cond[0]
         if cond.ndim != 3 or cond.shape[0] != 1:
@@ -350,8 +443,7 @@ class ComfyTextEncoder:
             )
         return cond
 
-    @staticmethod
-    def _split(cond: torch.Tensor, batch: Sequence[TokenDict]) -> list[torch.Tensor] | None:
+    def _split(self, cond: torch.Tensor, batch: Sequence[TokenDict]) -> list[torch.Tensor] | None:
         """Split a batched output back per prompt, or ``None`` when its layout is not the plain stack."""
         rows = cond.shape[1]
         n = len(batch)
@@ -359,7 +451,7 @@ class ComfyTextEncoder:
             return None
         per = rows // n
         try:
-            segments = _layout(batch[0], per)
+            segments = _layout(batch[0], per, self.text_model)
         except AdapterError:
             return None
         if len(segments) == 1:

@@ -360,7 +360,9 @@ class CAREErase(io.ComfyNode):
 
         erase_mod = engine_module("erase")
         family, edit_sites = adapters.model_edit_sites(model, sites, adapters.patched_weight_fn(model))
-        encoder = adapters.ComfyTextEncoder(clip, on_batch=lambda done, total: _check_interrupt())
+        encoder = adapters.ComfyTextEncoder(
+            clip, on_batch=lambda done, total: _check_interrupt(), truncate=token_scope != "all"
+        )
         adapters.check_widths(encoder, edit_sites, family)
         settings = erase_mod.EraseSettings(
             erase_scale=erase_scale,

@@ -6,11 +6,11 @@ engine is its subpackage ``erasure``; the unit tests import ``nodes`` and ``eras
 
 from __future__ import annotations
 
-try:  # loaded as <pack>.nodes.engine inside ComfyUI
-    from .. import erasure as _erasure  # noqa: F401
+if __package__ and "." in __package__:  # <pack>.nodes inside ComfyUI: the pack's own engine
+    from .. import erasure as _erasure
     from ..erasure import concepts, delta, sites, vectors
-except ImportError:  # top-level 'nodes' package (unit tests, benchmarks)
-    import erasure as _erasure  # noqa: F401
+else:  # top-level 'nodes' package (unit tests, benchmarks)
+    import erasure as _erasure
     from erasure import concepts, delta, sites, vectors
 
 __all__ = ["concepts", "delta", "sites", "vectors", "engine_module"]
