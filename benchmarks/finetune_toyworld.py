@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     start = time.time()
     model, world = load_model()
+    model_stats = load_meta(WEIGHTS_DIR / MODEL_FILE).get("stats", {})  # read with the weights, not at the end
     detector = load_detector()
     sampler = replace(SamplerConfig(), steps=args.steps)
     settings = replace(TOY_SETTINGS, iterations=args.iterations)
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         if its and its[0] is not None:
             row["s_per_iteration"] = sum(its) / len(its)
     meta = {"targets": args.targets, "seeds": args.seeds, "seed_base": SEED_BASE, "sampler": asdict(sampler),
-            "settings": asdict(settings), "model_stats": load_meta(WEIGHTS_DIR / MODEL_FILE).get("stats", {}),
+            "settings": asdict(settings), "model_stats": model_stats,
             "threads": args.threads, "seconds": round(time.time() - start, 1)}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "finetune_toyworld.json").write_text(json.dumps({"meta": meta, "summary": summary, "results": results}, indent=2) + "\n")
