@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "latent_shape": list(den.latent_shape), "parameter_set": args.parameter_set, "checkpointing": args.checkpointing,
         "batch_per_term": 1, "threads": args.threads, "load_s": round(load_s, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "torch": torch.__version__, "machine": f"{platform.machine()} {os.cpu_count()} cpus (shared)",
+        "load_avg_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__, "machine": f"{platform.machine()} {os.cpu_count()} cpus (shared)",
         "gpu": "none in this session (device tool not lent)",
     })  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
