@@ -293,11 +293,18 @@ def _loss_terms(
     frozen: dict[str, list[torch.Tensor]] = {}
     with torch.no_grad(), adapters.disabled(), autocast():
         for k, v in drawn.items():
+            # one row per distinct (sample, prompt): an empty anchor shares the unconditional prediction
+            rows: dict[tuple[int, str], int] = {}
+            for j, (s, _, _) in enumerate(v):
+                for p in s.frozen_prompts:
+                    rows.setdefault((j, p), len(rows))
+            pick = torch.tensor([j for j, _ in rows], device=device)
+            out = denoiser.eps(xs[k][pick], ts[k][pick], encode([p for _, p in rows])).float()
             n_frozen = len(v[0][0].frozen_prompts)
-            prompts = [s.frozen_prompts[j] for j in range(n_frozen) for s, _, _ in v]
-            x = xs[k].repeat(n_frozen, *([1] * (xs[k].ndim - 1)))
-            out = denoiser.eps(x, ts[k].repeat(n_frozen), encode(prompts)).float()
-            frozen[k] = list(out.chunk(n_frozen))
+            frozen[k] = [
+                out[torch.tensor([rows[(j, s.frozen_prompts[m])] for j, (s, _, _) in enumerate(v)], device=device)]
+                for m in range(n_frozen)
+            ]
     order = list(drawn)
     with autocast():
         student = denoiser.eps(

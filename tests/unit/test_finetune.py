@@ -246,3 +246,11 @@ def test_cli_saves_a_lora_and_an_interrupt_leaves_no_file(tmp_path, toy: ToyMode
     assert delta.metadata["method"] == "finetune_esd_care" and len(delta.updates) == len(select_linear(toy.unet, "xattn"))
     with pytest.raises(ValueError):
         command.run(args)  # exists, no --overwrite
+
+
+def test_untrained_erase_loss_scales_with_one_plus_eta_squared(toy: ToyModel, concepts: ConceptSet) -> None:
+    # before training eps' = eps, so eq. (1) is (1 + eta)^2 |eps(c) - eps("")|^2 on the same draws: this checks
+    # that each frozen prediction is matched to its own sample and prompt
+    den = ToyDenoiser(toy)
+    at = {eta: evaluate_losses(den, concepts, FinetuneSettings(eta=eta, **FAST))["erase"] for eta in (0.0, 2.0)}
+    assert at[2.0] == pytest.approx(9.0 * at[0.0], rel=1e-4)
