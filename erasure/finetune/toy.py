@@ -44,8 +44,9 @@ class ToyDenoiser:
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        vectors, mask = self.model.condition(list(prompts))
-        return vectors.detach().to(self._device), mask.to(self._device)
+        ids, mask = self.model.tokenizer.batch(list(prompts))
+        vectors = self.model.text(ids.to(self._device))
+        return vectors.detach(), mask.to(self._device)
 
     def concat(self, conds: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.cat([c[0] for c in conds]), torch.cat([c[1] for c in conds])
