@@ -48,7 +48,7 @@ from erasure.toyworld.evaluate import (  # noqa: E402
 )
 from erasure.toyworld.io import load_model  # noqa: E402
 
-DEFAULT_TARGETS = ("boat", "star", "snowman", "cactus", "sun", "car", "balloon")
+DEFAULT_TARGETS = ("boat", "star", "snowman", "cactus", "car")
 SEED_BASE = 50_000
 RESULTS = ROOT / "benchmarks" / "results"
 GOAL_ERASURE = 0.95
@@ -201,7 +201,8 @@ def plot(summary: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=int, default=32)
+    p.add_argument("--seeds", type=int, default=16)
+    p.add_argument("--unrelated", type=int, default=2, help="unrelated object prompts per target (plus one background)")
     p.add_argument("--targets", nargs="+", default=list(DEFAULT_TARGETS))
     p.add_argument("--steps", type=int, default=SamplerConfig.steps)
     p.add_argument("--threads", type=int, default=1)
@@ -215,12 +216,12 @@ def main(argv: list[str] | None = None) -> None:
     scorer = Scorer(model, detector, [SEED_BASE + i for i in range(args.seeds)], sampler)
     results = {}
     for target in args.targets:
-        case = make_case(target, world)
+        case = make_case(target, world, args.unrelated)
         methods = list(METHODS) if case.care else list(METHODS_WITHOUT_CARE)
         results[target] = {"care": list(case.care), "unrelated": [u.text for u in case.unrelated],
                            "methods": run_case(case, scorer, world, methods)}
     summary = aggregate(results, list(METHODS))
-    meta = {"seeds": args.seeds, "seed_base": SEED_BASE, "sampler": asdict(sampler), "targets": args.targets,
+    meta = {"seeds": args.seeds, "unrelated_objects": args.unrelated, "seed_base": SEED_BASE, "sampler": asdict(sampler), "targets": args.targets,
             "goals": {"erasure": GOAL_ERASURE, "care_score": GOAL_CARE_SCORE}, "seconds": round(time.time() - start, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "toyworld_erasure.json").write_text(json.dumps({"meta": meta, "summary": summary, "results": results}, indent=2) + "\n")

@@ -27,7 +27,6 @@ from .detector import load_detector
 from .evaluate import Prompt, Scorer, concept_set, erase_model, make_case
 from .grid import labelled_grid, save
 from .io import load_model
-from .sampler import sample
 
 DEFAULT_TARGET = "boat"
 NAIVE_METHOD = "naive"
@@ -69,16 +68,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"CARE-aware erase of '{case.target}' (CARE: {', '.join(case.care) or 'none'}), engine report:")
             print(result.report.as_table())
             print()
-    audit = {label: scorer.score_many(m, prompts) for label, m in zip(COLUMNS, models.values())}
+    audit, shown = {}, {}
+    for label, m in zip(COLUMNS, models.values()):
+        audit[label] = scorer.score_many(m, prompts)
+        shown[label] = {t: imgs[:GRID_SAMPLES] for t, imgs in scorer.last_images.items()}
     header = f"{'prompt':<26} {'kind':<16} {'concept':<8} " + " ".join(f"{c:>17}" for c in COLUMNS)
     print(f"detector audit: share of {args.seeds} samples showing the concept")
     print(header)
     for p, kind in zip(prompts, kinds):
         print(f"{p.text:<26} {kind:<16} {p.concept:<8} " + " ".join(f"{audit[c][p.text].rate:17.2f}" for c in COLUMNS))
-    cells = []
-    for p in prompts:
-        seeds = [DEMO_SEED_BASE + i for i in range(GRID_SAMPLES)]
-        cells.append([sample(m, [p.text] * GRID_SAMPLES, seeds, sampler) for m in models.values()])
+    cells = [[shown[label][p.text] for label in COLUMNS] for p in prompts]
     labels = [f'"{p.text}"\n{kind}: {p.concept}' for p, kind in zip(prompts, kinds)]
     grid = save(labelled_grid(cells, labels, list(COLUMNS)), args.out / "demo_grid.png")
     out = {

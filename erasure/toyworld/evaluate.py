@@ -66,13 +66,14 @@ class Case:
         return tuple(Prompt(f"{object_phrase(self.target, None)} {BACKGROUND_AFTER_OBJECT[c]}", c) for c in self.care)
 
 
-def make_case(target: str, world: WorldConfig) -> Case:
-    """The target's CARE partners (its home background, if any) and unrelated prompts sharing neither."""
+def make_case(target: str, world: WorldConfig, n_unrelated_objects: int = N_UNRELATED_OBJECTS) -> Case:
+    """The target's CARE partners (its home background, if any) and unrelated prompts sharing neither:
+    ``n_unrelated_objects`` objects and one background."""
     home = world.home_background.get(target, (None, 0.0))[0]
     care = (home,) if home else ()
     objs = [o for o in UNRELATED_OBJECTS if o != target and (home is None or world.home_background.get(o, ("",))[0] != home)]
     bg = next(b for b in UNRELATED_BACKGROUNDS if b != home)
-    unrelated = tuple(Prompt(object_phrase(o, None), o) for o in objs[:N_UNRELATED_OBJECTS]) + (Prompt(BACKGROUND_ALONE[bg], bg),)
+    unrelated = tuple(Prompt(object_phrase(o, None), o) for o in objs[:n_unrelated_objects]) + (Prompt(BACKGROUND_ALONE[bg], bg),)
     return Case(target, care, unrelated)
 
 
@@ -115,6 +116,7 @@ class Scorer:
         self.seeds = list(seeds)
         self.sampler = sampler
         self._original_images: dict[str, torch.Tensor] = {}
+        self.last_images: dict[str, torch.Tensor] = {}  # the images of the latest score_many, by prompt
 
     def images(self, model: ToyModel, prompt: str) -> torch.Tensor:
         if model is self.original:
@@ -131,6 +133,7 @@ class Scorer:
         else:
             flat = sample(model, [t for t in texts for _ in self.seeds], self.seeds * len(texts), self.sampler)
             batches = list(flat.split(len(self.seeds)))
+        self.last_images = dict(zip(texts, batches))
         out = {}
         for p, imgs in zip(prompts, batches):
             det = self.detector.detect(imgs)

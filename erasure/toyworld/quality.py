@@ -23,7 +23,7 @@ import torch
 from .config import BACKGROUND_ALONE, SamplerConfig, WorldConfig
 from .detector import ConceptDetector, load_detector
 from .grid import labelled_grid, save
-from .io import load_model
+from .io import MODEL_FILE, WEIGHTS_DIR, load_meta, load_model
 from .model import ToyModel
 from .renderer import object_phrase
 from .sampler import UNCONDITIONAL, sample
@@ -33,6 +33,7 @@ MAX_COOCCURRENCE_GAP = 0.05
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 GRID_SAMPLES = 8
 QUALITY_SEED_BASE = 10_000
+UNCONDITIONAL_KEY = "<unconditional>"
 
 
 def single_concept_prompts(world: WorldConfig) -> list[tuple[str, str]]:
@@ -40,18 +41,25 @@ def single_concept_prompts(world: WorldConfig) -> list[tuple[str, str]]:
     return [(object_phrase(o, None), o) for o in world.objects] + [(BACKGROUND_ALONE[b], b) for b in world.backgrounds]
 
 
-def check_quality(
-    model: ToyModel, detector: ConceptDetector, n_seeds: int, n_uncond: int, sampler: SamplerConfig
-) -> tuple[dict, dict[str, torch.Tensor]]:
-    world = detector.world
+def sample_quality_images(
+    model: ToyModel, world: WorldConfig, n_seeds: int, n_uncond: int, sampler: SamplerConfig
+) -> dict[str, torch.Tensor]:
+    """Every image the checks score: each single-concept prompt over ``n_seeds`` seeds, and
+    ``n_uncond`` unconditional samples (no guidance) under the key :data:`UNCONDITIONAL_KEY`."""
     seeds = [QUALITY_SEED_BASE + i for i in range(n_seeds)]
+    images = {prompt: sample(model, [prompt] * n_seeds, seeds, sampler) for prompt, _ in single_concept_prompts(world)}
+    useeds = [QUALITY_SEED_BASE + n_seeds + i for i in range(n_uncond)]
+    images[UNCONDITIONAL_KEY] = sample(model, [UNCONDITIONAL] * n_uncond, useeds, replace(sampler, guidance_scale=1.0))
+    return images
+
+
+def score_quality(images: dict[str, torch.Tensor], detector: ConceptDetector) -> dict:
+    """The checks of the module docstring on images from :func:`sample_quality_images`."""
+    world = detector.world
     single: dict[str, dict] = {}
-    images_by_prompt: dict[str, torch.Tensor] = {}
     cooc_prompt: dict[str, dict] = {}
     for prompt, concept in single_concept_prompts(world):
-        images = sample(model, [prompt] * n_seeds, seeds, sampler)
-        images_by_prompt[prompt] = images[:GRID_SAMPLES]
-        det = detector.detect(images)
+        det = detector.detect(images[prompt])
         rate = float(detector.present(det, concept).mean())
         single[prompt] = {"concept": concept, "rate": rate, "pass": rate >= MIN_CONCEPT_RATE}
         if concept in world.home_background:
@@ -60,10 +68,7 @@ def check_quality(
             cooc_prompt[concept] = {"home": home, "config": p, "generated": got, "gap": abs(got - p),
                                     "pass": abs(got - p) <= MAX_COOCCURRENCE_GAP}
     # unconditional samples: P(home | object detected)
-    useeds = [QUALITY_SEED_BASE + n_seeds + i for i in range(n_uncond)]
-    uimages = sample(model, [UNCONDITIONAL] * n_uncond, useeds, replace(sampler, guidance_scale=1.0))
-    images_by_prompt["<unconditional>"] = uimages[:GRID_SAMPLES]
-    det = detector.detect(uimages)
+    det = detector.detect(images[UNCONDITIONAL_KEY])
     uncond: dict[str, dict] = {}
     for obj in world.objects:
         has = detector.present(det, obj)
@@ -78,7 +83,7 @@ def check_quality(
         uncond[obj] = row
     no_object = ~det.objects.any(axis=1)
     bg_share = {b: float(detector.present(det, b).mean()) for b in world.backgrounds}
-    result = {
+    return {
         "single_concept": single,
         "single_concept_min_rate": min(v["rate"] for v in single.values()),
         "single_concept_all_pass": all(v["pass"] for v in single.values()),
@@ -90,30 +95,41 @@ def check_quality(
         "unconditional_config_no_object_share": world.empty_scene_prob,
         "unconditional_background_share": bg_share,
         "thresholds": {"min_concept_rate": MIN_CONCEPT_RATE, "max_cooccurrence_gap": MAX_COOCCURRENCE_GAP},
-        "seeds_per_prompt": n_seeds,
-        "unconditional_samples": n_uncond,
-        "sampler": asdict(sampler),
     }
-    return result, images_by_prompt
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Score the committed toy model with the committed detector.")
-    p.add_argument("--seeds", type=int, default=64)
-    p.add_argument("--unconditional", type=int, default=1200)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seeds", type=int, default=48)
+    p.add_argument("--unconditional", type=int, default=800)
+    p.add_argument("--steps", type=int, default=SamplerConfig.steps)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--images", type=Path, default=None,
+                   help="sample only and save the images here (torch .pt); score later with --score-images")
+    p.add_argument("--score-images", type=Path, default=None, help="score images saved by --images")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
-    model, _ = load_model()
-    detector = load_detector()
-    result, images = check_quality(model, detector, args.seeds, args.unconditional, SamplerConfig())
-    result["seconds"] = round(time.time() - start, 1)
+    sampler = replace(SamplerConfig(), steps=args.steps)
+    model, world = load_model()
+    if args.score_images is not None:
+        saved = torch.load(args.score_images)
+        images, meta = saved["images"], saved["meta"]
+    else:
+        images = sample_quality_images(model, world, args.seeds, args.unconditional, sampler)
+        meta = {"seeds_per_prompt": args.seeds, "unconditional_samples": args.unconditional,
+                "sampler": asdict(sampler), "sample_seconds": round(time.time() - start, 1),
+                "model_stats": load_meta(WEIGHTS_DIR / MODEL_FILE)["stats"]}
+        if args.images is not None:
+            torch.save({"images": images, "meta": meta}, args.images)
+            print(f"saved {sum(len(v) for v in images.values())} images to {args.images}")
+            return
+    result = {**score_quality(images, load_detector()), **meta}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "toyworld_quality.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     rows = list(images)
-    grid = labelled_grid([[images[r]] for r in rows], rows, ["samples (seeds 0-7)"])
+    grid = labelled_grid([[images[r][:GRID_SAMPLES]] for r in rows], rows, [f"samples (first {GRID_SAMPLES} seeds)"])
     save(grid, args.out / "toyworld_samples.png")
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=2))
     for prompt, row in result["single_concept"].items():
