@@ -369,3 +369,75 @@ def test_engine_erases_through_the_adapters_and_exports_comfy_keys():
             assert key.replace(".lora_up.weight", ".weight") in state  # ComfyUI's generic LoRA key
     assert result.report.targets[0].residual < 0.5
     assert max(r.drift for r in result.report.retained) < 0.5
+
+
+# --------------------------------------------------------------------------------------------- truncation
+class _Embeddings(torch.nn.Module):
+    def __init__(self, length: int, width: int):
+        super().__init__()
+        self.position_embedding = torch.nn.Embedding(length, width)
+
+
+class _CausalText(torch.nn.Module):
+    def __init__(self, length: int, width: int):
+        super().__init__()
+        self.embeddings = _Embeddings(length, width)
+
+
+class SD1ClipModel(torch.nn.Module):
+    """Named like ComfyUI's class: a causal CLIP whose position table must match the sequence length."""
+
+    clip_name = "l"
+
+    def __init__(self, length: int, width: int = 16):
+        super().__init__()
+        self.clip_l = torch.nn.Module()
+        self.clip_l.transformer = torch.nn.Module()
+        self.clip_l.transformer.text_model = _CausalText(length, width)
+
+
+class FakeCausalClip(FakeClip):
+    def __init__(self, length: int = 12):
+        super().__init__("sd1", length)
+        torch.manual_seed(1)
+        self.cond_stage_model = SD1ClipModel(length)
+        self.loads = 0
+
+    def load_model(self):
+        self.loads += 1
+
+    def encode_from_tokens(self, tokens: dict, return_pooled: bool = False):
+        cond = super().encode_from_tokens(tokens)
+        table = self.cond_stage_model.clip_l.transformer.text_model.embeddings.position_embedding.weight
+        n = len(tokens["l"][0])
+        return cond + table.repeat(len(tokens["l"]), 1)[None] * (table.shape[0] == n or float("nan"))
+
+
+def test_truncated_rows_equal_full_rows_and_the_clip_is_left_as_it_was():
+    clip = FakeCausalClip()
+    table = clip.cond_stage_model.clip_l.transformer.text_model.embeddings.position_embedding.weight
+    saved = table.detach().clone()
+    prompts = ["a photo of a boat on water", "boat", "a photo of", ""]
+    phrases = ["boat", "boat", "", ""]
+    full = adapters.ComfyTextEncoder(clip).encode(prompts, phrases)
+    enc = adapters.ComfyTextEncoder(clip, truncate=True)
+    assert enc.truncating
+    short = enc.encode(prompts, phrases)
+    # BOS a photo of a boat on water EOS -> 9 rows; the others are cut at the same length
+    assert [s.vectors.shape[0] for s in short] == [9, 9, 9, 9]
+    for s, f in zip(short, full):
+        assert torch.equal(s.phrase, f.phrase) and torch.equal(s.tail, f.tail)
+        assert torch.allclose(s.vectors, f.vectors[: s.vectors.shape[0]])
+    # the length never shrinks: a later, shorter prompt keeps the rows an earlier target needed
+    [later] = enc.encode(["sea"], ["sea"])
+    assert later.vectors.shape[0] == 9
+    assert clip.cond_stage_model.clip_l.transformer.text_model.embeddings.position_embedding.weight is table
+    assert torch.equal(table, saved) and clip.loads >= 1
+
+
+def test_no_truncation_for_t5_layouts_or_long_prompts():
+    assert not adapters.ComfyTextEncoder(FakeClip("sd3"), truncate=True).truncating
+    clip = FakeCausalClip(length=6)
+    enc = adapters.ComfyTextEncoder(clip, truncate=True)
+    [p] = enc.encode(["one two three four five six boat"], ["boat"])  # two chunks: encoded whole
+    assert p.vectors.shape[0] == 12 and p.phrase.tolist() == [9]
