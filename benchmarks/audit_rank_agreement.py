@@ -75,7 +75,9 @@ def correlations(rows: list[dict]) -> dict:
         for cheap in CHEAP:
             for ref in DETECTOR_DAMAGE:
                 out[f"{scope}:{cheap}~{ref}"] = spearman([r[cheap] for r in kept], [r[ref] for r in kept])
-        out[f"{scope}:site_drift~denoiser_drift"] = spearman([r["site_drift"] for r in kept], [r["denoiser_drift"] for r in kept])
+        out[f"{scope}:site_drift~denoiser_drift"] = spearman(
+            [r["site_drift"] for r in kept], [r["denoiser_drift"] for r in kept]
+        )
     return out
 
 
@@ -116,27 +118,54 @@ def main(argv: list[str] | None = None) -> int:
             edited_images = images(edited)
             pairs = {c: ImagePair(original_images[c], edited_images[c]) for c in labels}
             report = run_audit(
-                probes, sites=toy_sites(model), updates=result.delta.updates, encoder=model.encoder(),
-                original=ToyDenoiser(model), edited=ToyDenoiser(edited), seeds=list(range(args.drift_seeds)),
-                images=pairs, classifier=classifier,
+                probes,
+                sites=toy_sites(model),
+                updates=result.delta.updates,
+                encoder=model.encoder(),
+                original=ToyDenoiser(model),
+                edited=ToyDenoiser(edited),
+                seeds=list(range(args.drift_seeds)),
+                images=pairs,
+                classifier=classifier,
             )
             rows = []
             for r in report.rows:
                 prob_loss = mean_probability(detector, original_images[r.concept], r.concept) - mean_probability(
-                    detector, edited_images[r.concept], r.concept)
-                rows.append({
-                    "concept": r.concept, "tag": r.tag, "prompt": r.prompt,
-                    "site_drift": r.site_drift, "denoiser_drift": r.denoiser_drift, "ssim": r.ssim, "psnr": r.psnr,
-                    "care_original": r.care_original, "care_erased": r.care_edited, "care_loss": r.care_loss,
-                    "prob_loss": prob_loss,
-                })
+                    detector, edited_images[r.concept], r.concept
+                )
+                rows.append(
+                    {
+                        "concept": r.concept,
+                        "tag": r.tag,
+                        "prompt": r.prompt,
+                        "site_drift": r.site_drift,
+                        "denoiser_drift": r.denoiser_drift,
+                        "ssim": r.ssim,
+                        "psnr": r.psnr,
+                        "care_original": r.care_original,
+                        "care_erased": r.care_edited,
+                        "care_loss": r.care_loss,
+                        "prob_loss": prob_loss,
+                    }
+                )
             corr = correlations(rows)
-            cases.append({"target": target, "method": method, "care": list(case.care), "rows": rows,
-                          "spearman": corr, "seconds": round(time.time() - t0, 1)})
-            print(f"  {target:8s} {method:10s} rho(site, CARE loss)={_fmt(corr['all:site_drift~care_loss'])} "
-                  f"rho(denoiser, CARE loss)={_fmt(corr['all:denoiser_drift~care_loss'])} "
-                  f"non-target: {_fmt(corr['non_target:site_drift~prob_loss'])} / "
-                  f"{_fmt(corr['non_target:denoiser_drift~prob_loss'])} (soft) ({time.time() - t0:.0f} s)", flush=True)
+            cases.append(
+                {
+                    "target": target,
+                    "method": method,
+                    "care": list(case.care),
+                    "rows": rows,
+                    "spearman": corr,
+                    "seconds": round(time.time() - t0, 1),
+                }
+            )
+            print(
+                f"  {target:8s} {method:10s} rho(site, CARE loss)={_fmt(corr['all:site_drift~care_loss'])} "
+                f"rho(denoiser, CARE loss)={_fmt(corr['all:denoiser_drift~care_loss'])} "
+                f"non-target: {_fmt(corr['non_target:site_drift~prob_loss'])} / "
+                f"{_fmt(corr['non_target:denoiser_drift~prob_loss'])} (soft) ({time.time() - t0:.0f} s)",
+                flush=True,
+            )
     keys = list(cases[0]["spearman"]) if cases else []
     summary = {k: _mean([c["spearman"][k] for c in cases]) for k in keys}
     pooled_rows = [r for c in cases for r in c["rows"] if r["tag"] != TARGET]
@@ -144,8 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     meta = load_meta(WEIGHTS_DIR / "toy_model.safetensors")
     out = {
         "benchmark": "audit_rank_agreement",
-        "settings": {"targets": args.targets, "methods": args.methods, "seeds": seeds, "drift_seeds": args.drift_seeds,
-                     "sampler_steps": args.steps, "threads": args.threads},
+        "settings": {
+            "targets": args.targets,
+            "methods": args.methods,
+            "seeds": seeds,
+            "drift_seeds": args.drift_seeds,
+            "sampler_steps": args.steps,
+            "threads": args.threads,
+        },
         "toy_model": meta.get("stats", {}),
         "mean_spearman_per_erasure": summary,
         "pooled_non_target_spearman": {k: v for k, v in pooled.items() if k.startswith("all:")},

@@ -51,7 +51,9 @@ def font(size: int = FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def text_size(draw: ImageDraw.ImageDraw, text: str, fnt: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> tuple[int, int]:
+def text_size(
+    draw: ImageDraw.ImageDraw, text: str, fnt: ImageFont.ImageFont | ImageFont.FreeTypeFont
+) -> tuple[int, int]:
     left, top, right, bottom = draw.textbbox((0, 0), text, font=fnt)
     return int(right - left), int(bottom - top)
 
@@ -133,7 +135,9 @@ def make_grid(
         draw.text(((x0 + x1 - text_size(draw, label, fnt)[0]) // 2, title_h), label, fill=TEXT, font=fnt)
         draw.line([(x0, title_h + line_h - PAD // 2), (x1, title_h + line_h - PAD // 2)], fill=GRID_LINE, width=1)
     for j, label in enumerate(columns):
-        draw.text((col_x(j) + (cell - text_size(draw, label, fnt)[0]) // 2, title_h + group_h), label, fill=TEXT, font=fnt)
+        draw.text(
+            (col_x(j) + (cell - text_size(draw, label, fnt)[0]) // 2, title_h + group_h), label, fill=TEXT, font=fnt
+        )
     for i, row in enumerate(rows):
         y = top + i * (cell + PAD)
         colour = tag_colour(row.tag)
@@ -196,7 +200,9 @@ def batch_grid(
         raise GridError(f"{len(batches)} image batches for {len(models)} model labels")
     sizes = {int(b.shape[0]) for b in batches}
     if len(sizes) != 1:
-        raise GridError(f"the image batches differ in size ({sorted(sizes)}); give every model the same prompts and seeds")
+        raise GridError(
+            f"the image batches differ in size ({sorted(sizes)}); give every model the same prompts and seeds"
+        )
     n = sizes.pop()
     if not rows or n % len(rows):
         raise GridError(f"{n} images per batch cannot be split into {len(rows)} rows of equal length")
@@ -205,4 +211,6 @@ def batch_grid(
     if len(labels) != per_row:
         raise GridError(f"{len(labels)} column labels for {per_row} images per row")
     table = [[b[i * per_row + k] for b in batches for k in range(per_row)] for i in range(len(rows))]
-    return make_grid(table, rows, [label for _ in models for label in labels], [(m, per_row) for m in models], title, cell)
+    return make_grid(
+        table, rows, [label for _ in models for label in labels], [(m, per_row) for m in models], title, cell
+    )

@@ -111,7 +111,9 @@ class ZeroShotClassifier:
         return (self.probabilities(images).argmax(-1) == self.index[concept.strip().lower()]).numpy()
 
 
-def zero_shot_from_transformers(model_dir: str | Path, labels: Sequence[str], template: str = DEFAULT_LABEL_TEMPLATE) -> ZeroShotClassifier:
+def zero_shot_from_transformers(
+    model_dir: str | Path, labels: Sequence[str], template: str = DEFAULT_LABEL_TEMPLATE
+) -> ZeroShotClassifier:
     """A zero-shot classifier from a local Hugging Face CLIP folder (``config.json``, weights, tokenizer)."""
     try:
         from transformers import CLIPModel, CLIPTokenizer
@@ -119,7 +121,9 @@ def zero_shot_from_transformers(model_dir: str | Path, labels: Sequence[str], te
         raise ImportError("CLIP scoring with transformers needs `pip install transformers`") from err
     model = CLIPModel.from_pretrained(str(model_dir), local_files_only=True).eval()
     tokenizer = CLIPTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    return transformers_classifier(model, lambda texts: tokenizer(texts, padding=True, return_tensors="pt")["input_ids"], labels, template)
+    return transformers_classifier(
+        model, lambda texts: tokenizer(texts, padding=True, return_tensors="pt")["input_ids"], labels, template
+    )
 
 
 def transformers_classifier(
@@ -137,7 +141,9 @@ def transformers_classifier(
     return ZeroShotClassifier(
         lambda x: features(model.get_image_features(pixel_values=x)),
         lambda texts: features(model.get_text_features(input_ids=tokenize(texts))),
-        labels, template, image_size=size,
+        labels,
+        template,
+        image_size=size,
     )
 
 
@@ -156,4 +162,6 @@ def zero_shot_from_open_clip(
     tokenizer = open_clip.get_tokenizer(model_name)
     size = model.visual.image_size
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    return ZeroShotClassifier(model.encode_image, lambda texts: model.encode_text(tokenizer(texts)), labels, template, size)
+    return ZeroShotClassifier(
+        model.encode_image, lambda texts: model.encode_text(tokenizer(texts)), labels, template, size
+    )

@@ -26,8 +26,10 @@ import torch
 
 from .probes import Probe
 
-DEFAULT_TIMESTEP_FRACTIONS: tuple[float, ...] = (0.9, 0.7, 0.5, 0.3)
-"""Probed timesteps as fractions of the schedule length (high noise, where layout and content form)."""
+HIGHEST_FRACTION, LOWEST_FRACTION = 0.9, 0.3
+"""Probed timesteps lie in this part of the schedule (high to mid noise, where layout and content form)."""
+DEFAULT_TIMESTEP_COUNT = 4
+DEFAULT_TIMESTEP_FRACTIONS: tuple[float, ...] = (0.9, 0.7, 0.5, 0.3)  # spread_fractions(DEFAULT_TIMESTEP_COUNT)
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1)
 DATA_RANGE = 1.0  # x0 estimates are clamped to [-DATA_RANGE, DATA_RANGE]
 EPS = 1e-30
@@ -106,6 +108,17 @@ class SigmaDenoiser:
         return (x - self._denoise(x, sigma.flatten(), cond)) / sigma
 
 
+def spread_fractions(count: int = DEFAULT_TIMESTEP_COUNT) -> tuple[float, ...]:
+    """``count`` fractions evenly spaced from :data:`HIGHEST_FRACTION` down to :data:`LOWEST_FRACTION`
+    (one: their midpoint)."""
+    if count < 1:
+        raise ValueError("probe at least one timestep")
+    if count == 1:
+        return ((HIGHEST_FRACTION + LOWEST_FRACTION) / 2,)
+    step = (HIGHEST_FRACTION - LOWEST_FRACTION) / (count - 1)
+    return tuple(round(HIGHEST_FRACTION - k * step, 6) for k in range(count))
+
+
 def probe_timesteps(num_steps: int, fractions: Sequence[float] = DEFAULT_TIMESTEP_FRACTIONS) -> list[int]:
     """Integer timesteps ``round(f * (T - 1))`` for each fraction ``f`` in (0, 1]."""
     if not fractions or any(not 0.0 < f <= 1.0 for f in fractions):
@@ -147,7 +160,7 @@ def denoiser_drift(
     signal = []
     for k, probe in enumerate(probes):
         cond = original.condition([probe.prompt] * n)
-        x0 = ((start - (1 - a_T).sqrt() * original.eps(start, t_max, cond).float().cpu()) / a_T.sqrt())
+        x0 = (start - (1 - a_T).sqrt() * original.eps(start, t_max, cond).float().cpu()) / a_T.sqrt()
         x0 = x0.clamp(-DATA_RANGE, DATA_RANGE)
         rows, s = [], 0.0
         for t in steps:

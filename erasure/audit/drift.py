@@ -33,7 +33,9 @@ def updates_from_weights(original: Sequence[EditSite], edited: Sequence[EditSite
     by_name = {s.name: s for s in edited}
     missing = [s.name for s in original if s.name not in by_name]
     if missing:
-        raise ValueError(f"the edited model lacks {len(missing)} site(s), e.g. '{missing[0]}'; not the same model family")
+        raise ValueError(
+            f"the edited model lacks {len(missing)} site(s), e.g. '{missing[0]}'; not the same model family"
+        )
     out = {}
     for site in original:
         new = by_name[site.name].weight

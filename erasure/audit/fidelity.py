@@ -70,6 +70,8 @@ def paired_fidelity(
 ) -> tuple[float, float]:
     """Mean SSIM and mean PSNR over image pairs ``(originals[i], edited[i])``."""
     if len(originals) != len(edited) or not originals:
-        raise ValueError(f"need the same positive number of original and edited images ({len(originals)} vs {len(edited)})")
+        raise ValueError(
+            f"need the same positive number of original and edited images ({len(originals)} vs {len(edited)})"
+        )
     pairs = list(zip(originals, edited))
     return float(np.mean([ssim(a, b) for a, b in pairs])), float(np.mean([psnr(a, b) for a, b in pairs]))

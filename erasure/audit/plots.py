@@ -79,7 +79,9 @@ def table_image(report: AuditReport, title: str = "collateral-damage audit") -> 
     return img
 
 
-def bar_plot(report: AuditReport, metrics: Sequence[str] | None = None, title: str = "damage by concept") -> Image.Image:
+def bar_plot(
+    report: AuditReport, metrics: Sequence[str] | None = None, title: str = "damage by concept"
+) -> Image.Image:
     """Bars per concept (module docstring); ``metrics`` defaults to the measured ones of :data:`PLOTTED`."""
     metrics = list(metrics) if metrics is not None else [m for m in report.metrics() if m in PLOTTED]
     if not metrics:

@@ -94,8 +94,12 @@ class AuditReport:
 
     def rank_agreement(self, metric_a: str, metric_b: str, tags: Sequence[str] = TAGS) -> float | None:
         """Spearman correlation between two metrics' damage over rows with both (``None`` below 3 rows)."""
-        pairs = [(a, b) for r in self.rows if r.tag in tags
-                 if (a := r.damage(metric_a)) is not None and (b := r.damage(metric_b)) is not None]
+        pairs = [
+            (a, b)
+            for r in self.rows
+            if r.tag in tags
+            if (a := r.damage(metric_a)) is not None and (b := r.damage(metric_b)) is not None
+        ]
         return spearman([a for a, _ in pairs], [b for _, b in pairs]) if len(pairs) >= 3 else None
 
     # ------------------------------------------------------------------------------ writing
@@ -120,7 +124,9 @@ class AuditReport:
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(columns)
         for r in self.rows:
-            writer.writerow([r.concept, r.tag, r.prompt, *("" if (v := r.value(m)) is None else f"{v:.6g}" for m in METRICS)])
+            writer.writerow(
+                [r.concept, r.tag, r.prompt, *("" if (v := r.value(m)) is None else f"{v:.6g}" for m in METRICS)]
+            )
         return buf.getvalue()
 
     def as_table(self) -> str:
@@ -134,6 +140,8 @@ class AuditReport:
         lines.append("")
         for m in metrics:
             means = self.by_tag(m)
-            lines.append(f"mean {METRICS[m].label:<14} " + "  ".join(
-                f"{t}={'-' if v is None else f'{v:.4f}'}" for t, v in means.items()))
+            lines.append(
+                f"mean {METRICS[m].label:<14} "
+                + "  ".join(f"{t}={'-' if v is None else f'{v:.4f}'}" for t, v in means.items())
+            )
         return "\n".join(lines)

@@ -116,14 +116,25 @@ def toy_audit(
     edit_imgs = sample(edited, prompts, all_seeds, cfg).view(len(probes), len(seeds), 3, TOY_IMAGE_SIZE, TOY_IMAGE_SIZE)
     images = {p.concept: ImagePair(orig_imgs[i], edit_imgs[i]) for i, p in enumerate(probes)}
     report = run_audit(
-        probes, sites=sites, updates=delta.updates, encoder=model.encoder(),
-        original=ToyDenoiser(model), edited=ToyDenoiser(edited), seeds=seeds, images=images,
-        classifier=DetectorClassifier(detector) if detector is not None else None, progress=progress,
+        probes,
+        sites=sites,
+        updates=delta.updates,
+        encoder=model.encoder(),
+        original=ToyDenoiser(model),
+        edited=ToyDenoiser(edited),
+        seeds=seeds,
+        images=images,
+        classifier=DetectorClassifier(detector) if detector is not None else None,
+        progress=progress,
     )
     report.settings |= {"sampler_steps": sampler_steps, "strength": strength}
     rows = [GridRow(p.prompt, p.tag) for p in probes]
     grid = model_seed_grid(
         [[list(orig_imgs[i]) for i in range(len(probes))], [list(edit_imgs[i]) for i in range(len(probes))]],
-        rows, ["original", "erased"], seeds, title="toy world: original vs erased", cell=64,
+        rows,
+        ["original", "erased"],
+        seeds,
+        title="toy world: original vs erased",
+        cell=64,
     )
     return ToyAudit(report, grid, images)

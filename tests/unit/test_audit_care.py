@@ -21,7 +21,10 @@ def colour_classifier() -> ZeroShotClassifier:
     return ZeroShotClassifier(
         encode_image=lambda x: x.mean(dim=(2, 3)),
         encode_text=lambda texts: torch.tensor([COLOURS[t.split()[-1]] for t in texts]),
-        labels=list(COLOURS), image_size=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+        labels=list(COLOURS),
+        image_size=8,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
     )
 
 
@@ -58,10 +61,22 @@ def test_run_audit_care_loss_for_erased_colour() -> None:
 def tiny_clip():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    text = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "max_position_embeddings": 16}
-    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-              "image_size": 32, "patch_size": 8}
+    text = {
+        "vocab_size": 64,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 16,
+    }
+    vision = {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
     config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)
     return transformers.CLIPModel(config).eval()
 
@@ -91,6 +106,8 @@ def test_tiny_random_clip_through_transformers_path() -> None:
         txt = model.get_text_features(input_ids=byte_tokenize([f"a photo of {x}" for x in labels]))
         img = img if isinstance(img, torch.Tensor) else img.pooler_output
         txt = txt if isinstance(txt, torch.Tensor) else txt.pooler_output
-        expected = (torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(txt, dim=-1).T).argmax(-1)
+        expected = (torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(txt, dim=-1).T).argmax(
+            -1
+        )
     assert clf.assign(images) == [labels[i] for i in expected.tolist()]
     assert np.array_equal(clf.present(images, "water"), (expected == 1).numpy())

@@ -132,6 +132,10 @@ def test_sigma_denoiser_recovers_epsilon() -> None:
 
 
 def test_probe_timesteps() -> None:
+    from erasure.audit.denoiser import DEFAULT_TIMESTEP_FRACTIONS, spread_fractions
+
+    assert spread_fractions() == DEFAULT_TIMESTEP_FRACTIONS
+    assert spread_fractions(1) == (0.6,)
     assert probe_timesteps(1000, (1.0, 0.5)) == [999, 500]
     with pytest.raises(ValueError):
         probe_timesteps(1000, (0.0,))
@@ -186,13 +190,20 @@ def test_spearman_known_answers() -> None:
 # ------------------------------------------------------------------------------ probes
 def test_probes_from_concepts_tags() -> None:
     tags = {p.concept: p.tag for p in PROBES}
-    assert tags == {"boat": "target", "tree": "unrelated", "water": "care", "house": "unrelated", "red car": "unrelated"}
+    assert tags == {
+        "boat": "target",
+        "tree": "unrelated",
+        "water": "care",
+        "house": "unrelated",
+        "red car": "unrelated",
+    }
 
 
 def test_parse_probes() -> None:
     probes = parse_probes("target: boat\ncare: water | a calm lake  # comment\n\na red car\n", template="a photo of {}")
     assert probes == [
-        Probe("boat", "target", "a photo of boat"), Probe("water", "care", "a calm lake"),
+        Probe("boat", "target", "a photo of boat"),
+        Probe("water", "care", "a calm lake"),
         Probe("a red car", "unrelated", "a photo of a red car"),
     ]
     with pytest.raises(ValueError, match="empty"):
@@ -205,8 +216,13 @@ def test_run_audit_on_identical_models_is_clean() -> None:
     img = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     images = {p.concept: ImagePair(img, img.clone()) for p in PROBES}
     report = run_audit(
-        PROBES, sites=sites, updates={}, encoder=enc,
-        original=LinearCrossAttnDenoiser(sites, enc), edited=LinearCrossAttnDenoiser(sites, enc), images=images,
+        PROBES,
+        sites=sites,
+        updates={},
+        encoder=enc,
+        original=LinearCrossAttnDenoiser(sites, enc),
+        edited=LinearCrossAttnDenoiser(sites, enc),
+        images=images,
     )
     for row in report.rows:
         assert row.site_drift == 0.0 and row.denoiser_drift == 0.0

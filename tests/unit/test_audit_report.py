@@ -14,12 +14,42 @@ from erasure.grid import TAG_COLOURS
 
 
 def report() -> AuditReport:
-    return AuditReport([
-        AuditRow("boat", "target", "boat", site_drift=0.9, denoiser_drift=0.8, ssim=0.3, care_original=1.0, care_edited=0.1),
-        AuditRow("water", "care", "water", site_drift=0.2, denoiser_drift=0.25, ssim=0.8, care_original=0.9, care_edited=0.7),
-        AuditRow("house", "unrelated", "house", site_drift=0.05, denoiser_drift=0.1, ssim=0.95, care_original=0.8, care_edited=0.8),
-        AuditRow("car", "unrelated", "car", site_drift=0.01, denoiser_drift=0.02, ssim=0.99),
-    ], {"seeds": [0, 1]})
+    return AuditReport(
+        [
+            AuditRow(
+                "boat",
+                "target",
+                "boat",
+                site_drift=0.9,
+                denoiser_drift=0.8,
+                ssim=0.3,
+                care_original=1.0,
+                care_edited=0.1,
+            ),
+            AuditRow(
+                "water",
+                "care",
+                "water",
+                site_drift=0.2,
+                denoiser_drift=0.25,
+                ssim=0.8,
+                care_original=0.9,
+                care_edited=0.7,
+            ),
+            AuditRow(
+                "house",
+                "unrelated",
+                "house",
+                site_drift=0.05,
+                denoiser_drift=0.1,
+                ssim=0.95,
+                care_original=0.8,
+                care_edited=0.8,
+            ),
+            AuditRow("car", "unrelated", "car", site_drift=0.01, denoiser_drift=0.02, ssim=0.99),
+        ],
+        {"seeds": [0, 1]},
+    )
 
 
 def test_json_round_trip_and_summary() -> None:

@@ -75,7 +75,9 @@ def test_cli_audit_erase_now_and_saved_delta(model: ToyModel, tmp_path, capsys) 
     save_weights(det, detector().net.state_dict(), {"world": to_dict(WORLD), "detector": to_dict(TINY_DETECTOR)})
     out = tmp_path / "now"
     common = ["--weights", str(weights), "--seeds", "0", "--steps", "2", "--only-listed", "--unrelated", "house"]
-    assert main(["audit", "--erase", "boat", "--care", "water", "--detector", str(det), "--out", str(out), *common]) == 0
+    assert (
+        main(["audit", "--erase", "boat", "--care", "water", "--detector", str(det), "--out", str(out), *common]) == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert {r["concept"]: r["tag"] for r in report["rows"]} == {"boat": "target", "water": "care", "house": "unrelated"}
     assert all((out / f).stat().st_size > 0 for f in ("report.csv", "table.png", "bars.png", "grid.png"))
@@ -86,4 +88,6 @@ def test_cli_audit_erase_now_and_saved_delta(model: ToyModel, tmp_path, capsys) 
     out2 = tmp_path / "saved"
     assert main(["audit", "--delta", str(saved), "--no-detector", "--out", str(out2), *common]) == 0
     again = json.loads((out2 / "report.json").read_text())
-    assert [r["site_drift"] for r in again["rows"]] == pytest.approx([r["site_drift"] for r in report["rows"]], rel=1e-4)
+    assert [r["site_drift"] for r in again["rows"]] == pytest.approx(
+        [r["site_drift"] for r in report["rows"]], rel=1e-4
+    )

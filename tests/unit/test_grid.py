@@ -24,7 +24,9 @@ def find(img, colour) -> tuple[int, int]:
 
 def test_each_cell_shows_its_image_in_order_with_a_tag_frame() -> None:
     images = [[solid(i, j) for j in range(4)] for i in range(3)]
-    grid = model_seed_grid([[r[:2] for r in images], [r[2:] for r in images]], ROWS, ["original", "erased"], [0, 1], cell=40)
+    grid = model_seed_grid(
+        [[r[:2] for r in images], [r[2:] for r in images]], ROWS, ["original", "erased"], [0, 1], cell=40
+    )
     arr = np.asarray(grid)
     centres = {(i, j): find(grid, to_uint8_hwc(solid(i, j))[0, 0]) for i in range(3) for j in range(4)}
     for i in range(3):  # rows top to bottom, columns left to right
@@ -59,12 +61,15 @@ def test_pil_to_tensor_is_a_comfy_image_batch() -> None:
     assert t.ndim == 4 and t.shape[0] == 1 and t.shape[-1] == 3 and 0.0 <= float(t.min()) <= float(t.max()) <= 1.0
 
 
-@pytest.mark.parametrize("images, rows, columns, groups", [
-    ([[solid(0, 0)]], ROWS, ["a"], ()),  # fewer image rows than labels
-    ([[solid(0, 0), solid(0, 1)]], ROWS[:1], ["a"], ()),  # more images than columns
-    ([[solid(0, 0)]], ROWS[:1], ["a"], [("m", 2)]),  # groups do not cover the columns
-    ([], [], [], ()),
-])
+@pytest.mark.parametrize(
+    "images, rows, columns, groups",
+    [
+        ([[solid(0, 0)]], ROWS, ["a"], ()),  # fewer image rows than labels
+        ([[solid(0, 0), solid(0, 1)]], ROWS[:1], ["a"], ()),  # more images than columns
+        ([[solid(0, 0)]], ROWS[:1], ["a"], [("m", 2)]),  # groups do not cover the columns
+        ([], [], [], ()),
+    ],
+)
 def test_mismatches_are_refused(images, rows, columns, groups) -> None:
     with pytest.raises(GridError):
         make_grid(images, rows, columns, groups)
