@@ -5,10 +5,11 @@
 
 For each target and method (:data:`erasure.toyworld.evaluate.METHODS`) the committed toy model is erased
 with the engine; then every concept the toy world's detector knows (12 objects + 6 backgrounds) is probed,
-tagged target / CARE (the target's home background) / unrelated, and measured three ways:
+tagged target / CARE (the target's home background) / unrelated, and measured four ways:
 
 * site drift      -- ``|dW r| / |W r|`` at the cross-attention keys/values (no denoiser call);
 * denoiser drift  -- ``|eps_E - eps_O| / |eps_O - eps_O("")|`` at a few timesteps (no sampling);
+* image change    -- 1 - SSIM of the paired images (pixels, for reference);
 * CARE loss       -- detector-based: share of the concept's images (paired seeds) that lost the concept,
                      ``CARE_original - CARE_erased``; and a soft version, the drop of the detector's mean
                      probability for the concept (fewer ties on a small number of seeds).
@@ -50,6 +51,7 @@ SEED_BASE = 90_000  # disjoint from the other benchmarks' seeds
 RESULTS = ROOT / "benchmarks" / "results"
 CHEAP = ("site_drift", "denoiser_drift")
 DETECTOR_DAMAGE = ("care_loss", "prob_loss")
+PIXEL_DAMAGE = ("image_change",)  # 1 - SSIM of the paired images: damage seen in pixels, not by the detector
 
 
 def probes_for(target: str, care: tuple[str, ...], labels: tuple[str, ...], world) -> list[Probe]:  # noqa: ANN001
@@ -73,7 +75,7 @@ def correlations(rows: list[dict]) -> dict:
     for scope, keep in (("all", lambda r: True), ("non_target", lambda r: r["tag"] != TARGET)):
         kept = [r for r in rows if keep(r)]
         for cheap in CHEAP:
-            for ref in DETECTOR_DAMAGE:
+            for ref in DETECTOR_DAMAGE + PIXEL_DAMAGE:
                 out[f"{scope}:{cheap}~{ref}"] = spearman([r[cheap] for r in kept], [r[ref] for r in kept])
         out[f"{scope}:site_drift~denoiser_drift"] = spearman(
             [r["site_drift"] for r in kept], [r["denoiser_drift"] for r in kept]
@@ -146,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                         "care_erased": r.care_edited,
                         "care_loss": r.care_loss,
                         "prob_loss": prob_loss,
+                        "image_change": 1.0 - r.ssim,
                     }
                 )
             corr = correlations(rows)
