@@ -146,6 +146,7 @@ class TrainConfig:
     num_threads: int = 2
     max_minutes: float = 40.0  # wall-clock guard; training stops early (and says so) past it
     checkpoint_every: int = 250
+    stop_after: int | None = None  # stop after this many steps, keeping the schedule of ``steps``
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,8 @@ def train(
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if (step + 1) % cfg.checkpoint_every == 0:
             save(step + 1, final=False)
+        if cfg.stop_after is not None and step + 1 >= cfg.stop_after:
+            break
         if time.time() - start > cfg.max_minutes * 60:
             stopped_early = True
             break
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--warmup", type=int, default=TrainConfig.warmup_steps)
     p.add_argument("--high-noise-weight", type=float, default=TrainConfig.high_noise_weight_max)
+    p.add_argument("--stop-after", type=int, default=None, help="stop early, keeping the --steps schedule")
     p.add_argument("--noise-offset", type=float, default=ModelConfig.noise_offset)
     p.add_argument("--init", type=Path, default=None, help="continue from these weights (a second stage)")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR / MODEL_FILE)
@@ -161,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         lr=args.lr,
         warmup_steps=args.warmup,
         high_noise_weight_max=args.high_noise_weight,
+        stop_after=args.stop_after,
     )
     model_cfg = replace(ModelConfig(), noise_offset=args.noise_offset)
     _, stats = train(WorldConfig(), model_cfg, cfg, args.out, init=args.init)
