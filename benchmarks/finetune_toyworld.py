@@ -19,6 +19,7 @@ Numbers are reported as measured, whatever they show.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -39,7 +40,7 @@ from erasure.finetune.trainer import evaluate_losses  # noqa: E402
 from erasure.toyworld.config import SamplerConfig  # noqa: E402
 from erasure.toyworld.detector import load_detector  # noqa: E402
 from erasure.toyworld.evaluate import Case, Scorer, concept_set, erase_model, make_case  # noqa: E402
-from erasure.toyworld.io import WEIGHTS_DIR, MODEL_FILE, load_meta, load_model  # noqa: E402
+from erasure.toyworld.io import DETECTOR_FILE, MODEL_FILE, WEIGHTS_DIR, load_meta, load_model  # noqa: E402
 
 DEFAULT_TARGETS = ("boat", "star", "snowman")
 RESULTS = ROOT / "benchmarks" / "results"
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     model, world = load_model()
     model_stats = load_meta(WEIGHTS_DIR / MODEL_FILE).get("stats", {})  # read with the weights, not at the end
+    weights_sha = {f: hashlib.sha256((WEIGHTS_DIR / f).read_bytes()).hexdigest()[:16] for f in (MODEL_FILE, DETECTOR_FILE)}
     detector = load_detector()
     sampler = replace(SamplerConfig(), steps=args.steps)
     settings = replace(TOY_SETTINGS, iterations=args.iterations)
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         if its and its[0] is not None:
             row["s_per_iteration"] = sum(its) / len(its)
     meta = {"targets": args.targets, "seeds": args.seeds, "seed_base": SEED_BASE, "sampler": asdict(sampler),
-            "settings": asdict(settings), "model_stats": model_stats,
+            "settings": asdict(settings), "model_stats": model_stats, "weights_sha256_16": weights_sha,
             "threads": args.threads, "seconds": round(time.time() - start, 1)}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "finetune_toyworld.json").write_text(json.dumps({"meta": meta, "summary": summary, "results": results}, indent=2) + "\n")
