@@ -155,7 +155,7 @@ class DetectorConfig:
 
     seed: int = 1
     channels: tuple[int, ...] = (16, 32, 64)
-    steps: int = 3000
+    steps: int = 1500
     batch_size: int = 96
     lr: float = 2e-3
     noise_std_max: float = 0.06  # augmentation: generated images are a little noisy

@@ -30,7 +30,7 @@ from .io import load_model
 
 DEFAULT_TARGET = "boat"
 NAIVE_METHOD = "naive"
-CARE_METHOD = "generic+care+context"
+CARE_METHOD = "care+context"
 DEMO_SEED_BASE = 70_000
 GRID_SAMPLES = 4
 GRID_UNRELATED = 2

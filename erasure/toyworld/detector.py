@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -93,13 +93,20 @@ def _split_labels(labels: torch.Tensor, n_objects: int) -> tuple[torch.Tensor, t
     return labels[:, :n_objects], labels[:, n_objects:].argmax(1)
 
 
-def train_detector(world: WorldConfig, cfg: DetectorConfig, progress: bool = True) -> Detector:
+def train_detector(
+    world: WorldConfig, cfg: DetectorConfig, progress: bool = True, init: dict[str, torch.Tensor] | None = None
+) -> Detector:
+    """One-cycle training from scratch, or (``init``) a constant-rate fine-tune of saved weights."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     net = Detector(len(world.objects), len(world.backgrounds), cfg)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps)
+    if init is not None:
+        net.load_state_dict(init)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    else:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps)
     n_obj = len(world.objects)
     bar = tqdm(range(cfg.steps), disable=not progress, desc="detector train")
     for step in bar:
@@ -149,11 +156,22 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Train and evaluate the toy-world concept detector.")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR / DETECTOR_FILE)
+    p.add_argument("--init", type=Path, default=None, help="fine-tune these weights at a constant rate")
+    p.add_argument("--steps", type=int, default=DetectorConfig.steps)
+    p.add_argument("--lr", type=float, default=DetectorConfig.lr)
+    p.add_argument("--seed", type=int, default=DetectorConfig.seed)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    world, cfg = WorldConfig(), DetectorConfig()
+    world = WorldConfig()
+    cfg = replace(DetectorConfig(), steps=args.steps, lr=args.lr, seed=args.seed)
+    history = []
+    init = None
+    if args.init is not None:
+        init = load_state(args.init)
+        prior = load_meta(args.init)
+        history = [*prior.get("history", []), {"detector": prior["detector"], "stats": prior["stats"]}]
     start = time.time()
-    net = train_detector(world, cfg)
+    net = train_detector(world, cfg, init=init)
     seconds = time.time() - start
     det = ConceptDetector(net, world, cfg.threshold)
     clean = evaluate(det, cfg.eval_images, cfg.eval_seed, False, cfg)
@@ -162,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         "world": to_dict(world),
         "detector": to_dict(cfg),
         "stats": {"train_seconds": round(seconds, 1), "heldout_accuracy": clean, "heldout_accuracy_augmented": noisy},
+        "history": history,
     }
     save_weights(args.out, net.state_dict(), meta)
     print(f"detector trained in {seconds:.0f} s; held-out accuracy (clean / augmented), min over labels: "

@@ -32,10 +32,9 @@ METHODS: dict[str, tuple[bool, bool, bool, bool]] = {
     "generic": (True, False, False, False),
     "care": (False, True, False, False),
     "care+context": (False, True, True, False),
-    "generic+care+context": (True, True, True, False),
-    "strict": (True, True, True, True),
+    "strict": (False, True, True, True),
 }
-METHODS_WITHOUT_CARE: tuple[str, ...] = ("naive", "generic", "strict")
+METHODS_WITHOUT_CARE: tuple[str, ...] = ("naive", "generic")
 
 
 @dataclass(frozen=True)
