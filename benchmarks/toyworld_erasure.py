@@ -207,7 +207,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=SamplerConfig.steps)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="combine toyworld_erasure.json files of runs over disjoint targets (parallel runs)")
     args = p.parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     torch.set_num_threads(args.threads)
     start = time.time()
     model, world = load_model()
@@ -220,15 +225,34 @@ def main(argv: list[str] | None = None) -> None:
         methods = list(METHODS) if case.care else list(METHODS_WITHOUT_CARE)
         results[target] = {"care": list(case.care), "unrelated": [u.text for u in case.unrelated],
                            "methods": run_case(case, scorer, world, methods)}
-    summary = aggregate(results, list(METHODS))
     meta = {"seeds": args.seeds, "unrelated_objects": args.unrelated, "seed_base": SEED_BASE, "sampler": asdict(sampler), "targets": args.targets,
             "goals": {"erasure": GOAL_ERASURE, "care_score": GOAL_CARE_SCORE}, "seconds": round(time.time() - start, 1)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "toyworld_erasure.json").write_text(json.dumps({"meta": meta, "summary": summary, "results": results}, indent=2) + "\n")
-    (args.out / "toyworld_erasure.md").write_text(markdown(results, summary, list(METHODS), meta))
-    plot(summary, args.out / "toyworld_erasure.png")
-    print(markdown(results, summary, list(METHODS), meta))
+    write(results, meta, args.out)
     print(f"done in {time.time() - start:.0f} s -> {args.out}")
+
+
+def write(results: dict, meta: dict, out: Path) -> None:
+    summary = aggregate(results, list(METHODS))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "toyworld_erasure.json").write_text(json.dumps({"meta": meta, "summary": summary, "results": results}, indent=2) + "\n")
+    (out / "toyworld_erasure.md").write_text(markdown(results, summary, list(METHODS), meta))
+    plot(summary, out / "toyworld_erasure.png")
+    print(markdown(results, summary, list(METHODS), meta))
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    """Results of several runs (same settings, disjoint targets) -> one JSON / table / plot."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    meta = dict(runs[0]["meta"])
+    for r in runs[1:]:
+        for key in ("seeds", "seed_base", "sampler", "unrelated_objects"):
+            if r["meta"].get(key) != meta.get(key):
+                raise ValueError(f"cannot merge runs with different {key}")
+    results = {t: v for r in runs for t, v in r["results"].items()}
+    meta["targets"] = list(results)
+    meta["seconds"] = [r["meta"]["seconds"] for r in runs]
+    meta["merged_from"] = [str(p) for p in paths]
+    write(results, meta, out)
 
 
 if __name__ == "__main__":
