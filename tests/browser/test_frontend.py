@@ -33,7 +33,15 @@ def _skip_reason() -> str | None:
     if shutil.which("node") is None:
         return "node is not installed"
     if not (HERE / "node_modules" / "playwright-core").is_dir():
-        return "playwright-core is not installed (npm ci --prefix tests/browser)"
+        # a fresh clone: install the pinned playwright-core from the lock file (it never downloads a browser)
+        if shutil.which("npm") is not None:
+            subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund"],
+                cwd=HERE, capture_output=True, timeout=300,
+                env={**os.environ, "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"},
+            )  # fmt: skip
+        if not (HERE / "node_modules" / "playwright-core").is_dir():
+            return "playwright-core is not installed (npm ci --prefix tests/browser)"
     return None
 
 

@@ -228,6 +228,10 @@ def test_original_untouched_and_exported_lora_matches_in_graph_erase(server):
 
 def test_care_loader_matches_stock_loader_and_strict_mode_runs(server):
     g = _erase_graph(lora_file="strict_erasure", strict=True)
+    g["save_kohya"] = {
+        "class_type": "CARESaveErasureLoRA",
+        "inputs": {"erasure": ["erase", 1], "filename": "strict_kohya", "key_format": "kohya", "overwrite": True},
+    }
     entry = server.run(g)
     assert "protected_rank" in _text(entry, "report")
     g2 = {
@@ -251,10 +255,21 @@ def test_care_loader_matches_stock_loader_and_strict_mode_runs(server):
             },
         },  # fmt: skip
     }
+    g2["kohya"] = {
+        "class_type": "LoraLoaderModelOnly",
+        "inputs": {"model": ["ckpt", 0], "lora_name": "strict_kohya.safetensors", "strength_model": 1.0},
+    }
+    g2["probe_kohya"] = {
+        "class_type": "ProbeCAREWeights",
+        "inputs": {"original": ["ckpt", 0], "erased": ["care", 0], "lora": ["kohya", 0],
+                   "ckpt_name": CHECKPOINT, "name": "probe4"},
+    }  # fmt: skip
     entry = server.run(g2)
     assert "boat" in _text(entry, "care") and "closed_form_strict" in _text(entry, "care")
     probe = json.loads((server.base / "output" / "probe3.json").read_text())
     assert probe["erased_patched_keys"] == 32 and probe["lora_max_rel_diff"] == 0.0
+    kohya = json.loads((server.base / "output" / "probe4.json").read_text())  # kohya keys, stock loader
+    assert kohya["lora_same_keys"] and kohya["lora_max_rel_diff"] < 1e-6
 
 
 # --------------------------------------------------------------------------------------------- errors
