@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     pooled_rows = [r for c in cases for r in c["rows"] if r["tag"] != TARGET]
     pooled = correlations(pooled_rows) if pooled_rows else {}
     meta = load_meta(WEIGHTS_DIR / "toy_model.safetensors")
+    detector_stats = load_meta(WEIGHTS_DIR / "detector.safetensors").get("stats", {})
     out = {
         "benchmark": "audit_rank_agreement",
         "settings": {
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
         },
         "toy_model": meta.get("stats", {}),
+        "detector": {k: v for k, v in detector_stats.items() if k == "train_seconds"}
+        | {"min_heldout_accuracy": min(detector_stats.get("heldout_accuracy", {"-": float("nan")}).values())},
         "mean_spearman_per_erasure": summary,
         "pooled_non_target_spearman": {k: v for k, v in pooled.items() if k.startswith("all:")},
         "cases": cases,
