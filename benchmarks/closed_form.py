@@ -186,30 +186,40 @@ def main() -> None:
                         help="measure one baseline layer even past the budget when it is estimated below this")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--resume", action="store_true", help="keep the cases already in --out, run the rest")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     cases = [("sd15", 100, 1000)] if args.quick else [
         (m, n, k) for m in args.models for n in TARGET_COUNTS for k in RETAINED_COUNTS
     ]
-    rows = []
+    previous = json.loads(args.out.read_text()).get("cases", []) if args.resume and args.out.exists() else []
+    done = {(r["model"], r["targets"], r["retained"]): r for r in previous}
+    rows = [done[case] for case in cases if case in done]
     for model, n, k in cases:
+        if (model, n, k) in done:
+            continue
         row = run_case(model, n, k, args.baseline_budget, args.max_layer_seconds, args.seed)
         rows.append(row)
         print(" ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
                        for key, value in row.items()), flush=True)
+        write_results(args.out, rows, complete=len(rows) == len(cases))
+    print(f"wrote {args.out}")
+
+
+def write_results(out: Path, rows: list[dict], complete: bool) -> None:
+    """Written after every case, so a long run that is stopped keeps what it measured (``--resume``)."""
     goal = next((r for r in rows if (r["model"], r["targets"], r["retained"]) == ("sd15", 100, 1000)), None)
     result = {
-        "benchmark": "closed_form", "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "machine": platform.machine(), "processor": platform.processor(), "repeats": REPEATS,
-        "lambda": LAM, "cases": rows,
+        "benchmark": "closed_form", "complete": complete, "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "machine": platform.machine(), "processor": platform.processor(),
+        "load_average": os.getloadavg(), "repeats": REPEATS, "lambda": LAM, "cases": rows,
         "goal_sd15_100x1000": goal and {
             "speedup": goal["speedup"], "speedup_goal": 20.0, "max_rel_diff": goal["max_rel_diff"],
             "rel_diff_goal": 1e-4, "extra_memory_over_edited": goal["ours_extra_over_edited"], "memory_goal": 2.0,
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
