@@ -512,7 +512,8 @@ class CARELoadErasureLoRA(io.ComfyNode):
         import folder_paths
 
         path = folder_paths.get_full_path_or_raise("loras", lora_name)
-        _, edit_state = adapters.model_family(model), adapters.diffusion_state_dict(model)
+        adapters.model_family(model)  # refuses unsupported families with a clear message
+        edit_state = adapters.diffusion_state_dict(model)
         site_names = [k[len(adapters.DIFFUSION_PREFIX) : -len(".weight")] for k in edit_state if k.endswith(".weight")]
         loaded = _delta.load_delta(path, site_names)
         if strength == 0:

@@ -8,6 +8,7 @@ folder name that is not a Python identifier.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -299,3 +300,30 @@ def test_user_errors_are_reported_clearly(server):
     g["erase"]["inputs"]["sites"] = "text projection"
     with pytest.raises(PromptFailed, match="does not apply to a SD1.x model"):
         server.run(g)
+
+
+def test_interrupt_stops_a_long_erasure(server):
+    g = _erase_graph()
+    many = [f"thing number {i}" for i in range(300)]
+    g["concepts"]["inputs"]["retained"] = "\n".join(many)
+    g["concepts"]["inputs"]["templates"] = "{}\na photo of {}\na painting of {}"
+    g["erase"]["inputs"]["lambda_"] = 0.123  # not cached from another test
+    queued = server.post("/prompt", {"prompt": g, "client_id": "interrupt-test"})
+    pid = queued["prompt_id"]
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until the erase node is running
+        if server.get("/queue")["queue_running"]:
+            time.sleep(4)
+            break
+        time.sleep(0.2)
+    server.post("/interrupt", {})
+    interrupted_at = time.time()
+    while time.time() < deadline:
+        history = server.get(f"/history/{pid}")
+        if history and pid in history and history[pid]["status"].get("completed") is not None:
+            break
+        time.sleep(0.2)
+    stopped_after = time.time() - interrupted_at
+    messages = [m[0] for m in history[pid]["status"]["messages"]]
+    assert "execution_interrupted" in messages, messages
+    assert stopped_after < 60, f"took {stopped_after:.1f}s to stop"
