@@ -149,6 +149,7 @@ class CAREComparisonGrid(io.ComfyNode):
 
         return io.Schema(
             node_id="CAREComparisonGrid",
+            is_output_node=True,
             display_name="CARE Comparison Grid",
             category=CATEGORY,
             description=(
@@ -249,6 +250,7 @@ class CAREGridFromBatches(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="CAREGridFromBatches",
+            is_output_node=True,
             display_name="CARE Grid From Batches",
             category=CATEGORY,
             description=(
@@ -319,6 +321,7 @@ class CAREAudit(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="CAREAudit",
+            is_output_node=True,
             display_name="CARE Collateral-Damage Audit",
             category=CATEGORY,
             description=(

@@ -51,13 +51,14 @@ def fill(template: str, concept: str) -> str:
 def probes_from_concepts(
     concepts: ConceptSet, unrelated: Iterable[str] = (), template: str | None = None
 ) -> list[Probe]:
-    """Targets, then retained concepts (CARE-tagged ones as ``care``, the rest as ``unrelated``), then
-    ``unrelated``; prompts use ``template`` (default: the set's first template). Duplicates are dropped."""
+    """Targets, then CARE-tagged retained concepts (``care``), then the other retained concepts and
+    ``unrelated`` (``unrelated``), each group in its given order; prompts use ``template`` (default: the
+    set's first template). Duplicates are dropped."""
     template = template or concepts.templates[0]
     out = [Probe(t.concept, TARGET, fill(template, t.concept)) for t in concepts.targets]
     out += [Probe(r.concept, CARE if r.care else UNRELATED, fill(template, r.concept)) for r in concepts.retained]
     out += [Probe(c, UNRELATED, fill(template, c)) for c in unrelated if c.strip()]
-    return dedupe(out)
+    return sorted(dedupe(out), key=lambda p: TAGS.index(p.tag))
 
 
 def dedupe(probes: Iterable[Probe]) -> list[Probe]:

@@ -189,6 +189,7 @@ def test_spearman_known_answers() -> None:
 
 # ------------------------------------------------------------------------------ probes
 def test_probes_from_concepts_tags() -> None:
+    assert [p.concept for p in PROBES] == ["boat", "water", "tree", "house", "red car"]  # grouped by tag
     tags = {p.concept: p.tag for p in PROBES}
     assert tags == {
         "boat": "target",
