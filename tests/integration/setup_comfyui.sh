@@ -6,18 +6,22 @@
 #      ($CARE_MODEL_CACHE, default ~/.cache/care-erasure/models/checkpoints/random_sd15.safetensors).
 # Nothing here is committed to the project: ComfyUI, its venv and the weights all live outside the repo.
 #
-# usage: tests/integration/setup_comfyui.sh [COMFYUI_PATH] [--from-git GIT_DIR [--rev REV]]
+# usage: tests/integration/setup_comfyui.sh [COMFYUI_PATH] [--from-git GIT_DIR [--rev REV]] [--all-families]
+#   --all-families: also the random SDXL checkpoint and SD3 model + CLIP-L/G + tiny T5 in $COMFYUI_PATH/models
+#                   (used by tests/integration/test_adapters_comfyui.py; its SDXL/SD3/FLUX parts skip without them)
 #   env: COMFYUI_PATH (default /work/comfyui), CARE_MODEL_CACHE, MAKE_RANDOM_MODEL (path of make_random_model.py)
 set -euo pipefail
 
 COMFY="${COMFYUI_PATH:-/work/comfyui}"
 FROM_GIT=""
+ALL_FAMILIES=0
 REV="63722199"   # "ComfyUI version 0.3.64"
 while [ $# -gt 0 ]; do
   case "$1" in
     --from-git) FROM_GIT="$2"; shift 2 ;;
     --rev) REV="$2"; shift 2 ;;
-    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+    --all-families) ALL_FAMILIES=1; shift ;;
+    -h|--help) sed -n 2,14p "$0"; exit 0 ;;
     *) COMFY="$1"; shift ;;
   esac
 done
@@ -76,5 +80,16 @@ if [ ! -s "$CKPT" ]; then
   log "writing random SD1.5 checkpoint to $CKPT"
   COMFYUI_PATH="$COMFY" "$PY" "$MAKER" --family sd15 --out "$CKPT.tmp.safetensors" --no-verify
   mv "$CKPT.tmp.safetensors" "$CKPT"
+fi
+# 4. optional: the other families' random models (written by make_random_model.py into $COMFY/models)
+if [ "$ALL_FAMILIES" = 1 ]; then
+  if [ ! -s "$COMFY/models/diffusion_models/random_sd3_d2.safetensors" ] || [ ! -s "$COMFY/models/text_encoders/random_t5xxl_tiny.safetensors" ]; then
+    log "writing random SD3 model, CLIP-L/G and tiny T5"
+    COMFYUI_PATH="$COMFY" "$PY" "$MAKER" --family sd3 --tiny-t5 --no-verify
+  fi
+  if [ ! -s "$COMFY/models/checkpoints/random_sdxl_tiny.safetensors" ]; then
+    log "writing random SDXL (tiny) checkpoint"
+    COMFYUI_PATH="$COMFY" "$PY" "$MAKER" --family sdxl --no-verify
+  fi
 fi
 log "ready: COMFYUI_PATH=$COMFY COMFYUI_PYTHON=$PY CARE_MODEL_CACHE=$CACHE"
