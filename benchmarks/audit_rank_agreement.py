@@ -92,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=15, help="DDIM steps for the paired images")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--resummarise", type=Path, help="recompute the summary of an existing result JSON and exit")
     args = p.parse_args(argv)
+    if args.resummarise is not None:
+        return resummarise(args.resummarise)
     torch.set_num_threads(args.threads)
     started = time.time()
     model, world = load_model()
@@ -169,10 +172,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{_fmt(corr['non_target:denoiser_drift~prob_loss'])} (soft) ({time.time() - t0:.0f} s)",
                 flush=True,
             )
-    keys = list(cases[0]["spearman"]) if cases else []
-    summary = {k: _mean([c["spearman"][k] for c in cases]) for k in keys}
-    pooled_rows = [r for c in cases for r in c["rows"] if r["tag"] != TARGET]
-    pooled = correlations(pooled_rows) if pooled_rows else {}
     meta = load_meta(WEIGHTS_DIR / "toy_model.safetensors")
     detector_stats = load_meta(WEIGHTS_DIR / "detector.safetensors").get("stats", {})
     out = {
@@ -188,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "toy_model": meta.get("stats", {}),
         "detector": {k: v for k, v in detector_stats.items() if k == "train_seconds"}
         | {"min_heldout_accuracy": min(detector_stats.get("heldout_accuracy", {"-": float("nan")}).values())},
-        "mean_spearman_per_erasure": summary,
-        "pooled_non_target_spearman": {k: v for k, v in pooled.items() if k.startswith("all:")},
+        **summarise(cases),
         "cases": cases,
         "seconds": round(time.time() - started, 1),
         "torch": torch.__version__,
@@ -198,9 +196,38 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / "audit_rank_agreement.json"
     path.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
     print("mean Spearman per erasure:")
-    for k, v in summary.items():
+    for k, v in out["mean_spearman_per_erasure"].items():
         print(f"  {k:40s} {_fmt(v)}")
     print(f"wrote {path} ({out['seconds']:.0f} s)")
+    return 0
+
+
+def summarise(cases: list[dict]) -> dict:
+    """Mean per-erasure correlations, correlations over every erasure's non-target rows pooled, and in how
+    many erasures each measure ranks the target first."""
+    keys = list(cases[0]["spearman"]) if cases else []
+    pooled_rows = [r for c in cases for r in c["rows"] if r["tag"] != TARGET]
+    pooled = correlations(pooled_rows) if pooled_rows else {}
+    first = {}
+    for m in (*CHEAP, *DETECTOR_DAMAGE, *PIXEL_DAMAGE):
+        first[m] = sum(max(c["rows"], key=lambda r: r[m])["tag"] == TARGET for c in cases)
+    return {
+        "mean_spearman_per_erasure": {k: _mean([c["spearman"][k] for c in cases]) for k in keys},
+        "pooled_non_target_spearman": {k: v for k, v in pooled.items() if k.startswith("all:")},
+        "target_ranked_first": first | {"erasures": len(cases)},
+    }
+
+
+def resummarise(path: Path) -> int:
+    """Recompute the summary fields of an existing result file from its per-concept rows (no sampling)."""
+    data = json.loads(path.read_text())
+    for case in data["cases"]:
+        for r in case["rows"]:
+            r.setdefault("image_change", 1.0 - r["ssim"])
+        case["spearman"] = correlations(case["rows"])
+    data.update(summarise(data["cases"]))
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(data["target_ranked_first"]))
     return 0
 
 
