@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (created)")
     p.add_argument("--target", default=DEFAULT_TARGET, help="object to erase (default: boat)")
     p.add_argument("--seeds", type=int, default=8, help="samples per prompt for the audit")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
 
 
 def run(args: argparse.Namespace) -> int:
