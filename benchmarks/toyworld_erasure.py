@@ -172,7 +172,8 @@ def plot(summary: dict, path: Path) -> None:
     methods = list(rows)
     font = ImageFont.load_default()
     bar_w, group_gap, height, top, bottom, left = 14, 24, 260, 30, 70, 40
-    width = left + len(methods) * (len(PLOT_METRICS) * bar_w + group_gap) + 20
+    legend_step = 130
+    width = max(left + len(methods) * (len(PLOT_METRICS) * bar_w + group_gap) + 20, left + len(PLOT_METRICS) * legend_step + 20)
     img = Image.new("RGB", (width, height + top + bottom + 20), (255, 255, 255))
     d = ImageDraw.Draw(img)
     d.text((left, 5), "Toy world, mean over CARE targets (1.0 = perfect)", fill=(0, 0, 0), font=font)
@@ -191,10 +192,14 @@ def plot(summary: dict, path: Path) -> None:
             d.rectangle([x, top + height - v * height, x + bar_w - 2, top + height], fill=PLOT_COLOURS[j])
         for k, part in enumerate(method.split("+")):
             d.text((x0, top + height + 4 + 11 * k), part, fill=(0, 0, 0), font=font)
+        psnr = rows[method].get("care_psnr")
+        if psnr is not None and psnr == psnr:
+            d.text((x0, top + height + 26), f"{psnr:.1f} dB", fill=(90, 90, 90), font=font)
     ly = top + height + 44
     for j, metric in enumerate(PLOT_METRICS):
-        d.rectangle([left + j * 150, ly, left + j * 150 + 10, ly + 10], fill=PLOT_COLOURS[j])
-        d.text((left + j * 150 + 14, ly), metric, fill=(0, 0, 0), font=font)
+        d.rectangle([left + j * legend_step, ly, left + j * legend_step + 10, ly + 10], fill=PLOT_COLOURS[j])
+        d.text((left + j * legend_step + 14, ly), metric, fill=(0, 0, 0), font=font)
+    d.text((left, ly + 14), "grey: paired PSNR of CARE images vs the original model (same seed)", fill=(90, 90, 90), font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
 
