@@ -10,8 +10,8 @@ from erasure.concepts import ConceptSet
 from erasure.delta import Delta, LowRankUpdate
 from erasure.finetune import FinetuneError, FinetuneSettings, LoraAdapters, finetune, losses, select_linear
 from erasure.finetune.adapters import AdapterError, gradient_checkpointing
-from erasure.finetune.trainer import evaluate_losses
 from erasure.finetune.toy import ToyDenoiser
+from erasure.finetune.trainer import evaluate_losses
 from erasure.toyworld.config import ModelConfig, WorldConfig
 from erasure.toyworld.model import ToyModel
 from erasure.toyworld.renderer import vocabulary

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from erasure.sites import discover_sites
-from erasure.toyworld.config import ModelConfig, SamplerConfig, TrainConfig, WorldConfig
+from erasure.toyworld.config import DetectorConfig, ModelConfig, SamplerConfig, TrainConfig, WorldConfig
 from erasure.toyworld.detector import ConceptDetector, Detector, augment
-from erasure.toyworld.config import DetectorConfig
 from erasure.toyworld.io import DETECTOR_FILE, MODEL_FILE, WEIGHTS_DIR, load_model
 from erasure.toyworld.model import ToyModel
 from erasure.toyworld.renderer import render, render_batch, sample_scene, vocabulary
