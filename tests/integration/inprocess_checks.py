@@ -49,8 +49,14 @@ PHRASES = ["sailing boat", "boat", "", "", "harbour"]
 results: dict = {"skipped": {}}
 
 
+ONLY = set(filter(None, os.environ.get("CARE_INPROCESS_ONLY", "").split(",")))  # e.g. "flux,sd3" for a quick run
+
+
 def check(name):
     def wrap(fn):
+        if ONLY and name not in ONLY:
+            results["skipped"][name] = "not selected (CARE_INPROCESS_ONLY)"
+            return fn
         started = time.time()
         try:
             results[name] = fn()
@@ -207,6 +213,11 @@ def _flux():
     config = comfy.supported_models.Flux(cfg)
     config.set_inference_dtype(torch.float32, None)
     base = config.get_model({}, device="cpu")
+    # ComfyUI builds layers without initialising them: give the weights defined values (seeded)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in base.diffusion_model.named_parameters():
+            p.zero_() if not name.startswith("txt_in.") else p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
     dev = comfy.model_management.get_torch_device()
     model = comfy.model_patcher.ModelPatcher(base, load_device=dev, offload_device=dev)
     out["erase"], _ = erase_and_patch(model, clip, truncate=True)
