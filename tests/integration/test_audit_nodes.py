@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
-from tests.integration.comfy_harness import CHECKPOINT, ComfyServer, comfy_or_skip
+from tests.integration.comfy_harness import CHECKPOINT, ComfyServer
 
 AUDIT_NODES = {"CAREComparisonGrid", "CAREGridFromBatches", "CAREAudit"}
 SIZE = 64
@@ -22,18 +21,6 @@ CELL = 64
 SEEDS = "0, 1"
 CONCEPTS = ["boat", "water", "tree", "house"]  # target, CARE, retained (unrelated), extra unrelated
 KEEP_DIR = Path("/tmp/care_audit_nodes")  # the images are copied here for a look by eye
-
-
-@pytest.fixture(scope="module")
-def server():
-    env, reason = comfy_or_skip()
-    if env is None:
-        pytest.skip(reason)
-    srv = ComfyServer(env).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def _graph() -> dict:

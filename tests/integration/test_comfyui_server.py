@@ -20,7 +20,6 @@ from tests.integration.comfy_harness import (
     REPO,
     ComfyServer,
     PromptFailed,
-    comfy_or_skip,
     load_workflow,
     ui_to_api,
 )
@@ -42,18 +41,6 @@ QUICK = {
 }
 # examples that need a file another example writes come after it
 EXAMPLE_ORDER = ["care_erase_side_by_side", "care_merge_strict_save_lora", "care_load_erasure_lora"]
-
-
-@pytest.fixture(scope="module")
-def server():
-    env, reason = comfy_or_skip()
-    if env is None:
-        pytest.skip(reason)
-    srv = ComfyServer(env).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def _images(entry: dict, server: ComfyServer, node_id: str) -> list[Path]:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from tests.integration.comfy_harness import CHECKPOINT, ComfyServer, comfy_or_skip
+from tests.integration.comfy_harness import CHECKPOINT
 
 NODE = "CAREFinetuneErase"
 SIZE = 64
@@ -23,18 +21,6 @@ TRAIN = {
     "context_scale": 1.0, "batch_size": 1, "sample_steps": 1, "pool_seeds": 1, "guidance": 3.0, "width": SIZE,
     "height": SIZE, "seed": 0, "mixed_precision": True, "gradient_checkpointing": "auto",
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def server():
-    env, reason = comfy_or_skip()
-    if env is None:
-        pytest.skip(reason)
-    srv = ComfyServer(env).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def test_node_is_described(server):
