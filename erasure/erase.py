@@ -105,6 +105,9 @@ def concept_vectors(
 ) -> ConceptVectors:
     """Encode the concept set and pick the rows of each group (module docstring)."""
     scope = settings.token_scope
+    # Order matters to encoders that stop at the longest end-of-text seen so far (the ComfyUI CLIP
+    # adapter): each template's targets come before their anchors, so an anchor is always encoded at
+    # least as long as the target positions it is read at.
     requests = []
     for template in concepts.templates:
         requests += [(_fill(template, t.concept), t.concept) for t in concepts.targets]
