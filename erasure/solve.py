@@ -168,15 +168,22 @@ def _gram(rows: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> None:
         out.addmm_(chunk.T, chunk * w[:, None])
 
 
-def retained_span(problem: InputSpaceProblem, threshold: float, device: torch.device | None = None) -> torch.Tensor:
-    """Orthonormal basis ``B`` [d, q] of the weighted retained span (eigenvalues > threshold * largest)."""
+def retained_span(
+    problem: InputSpaceProblem, threshold: float, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthonormal bases ``(B [d, q], N [d, d - q])`` of the weighted retained span and its complement.
+
+    One eigendecomposition of ``sum w_j r_j r_j^T`` gives both: eigenvectors whose eigenvalue exceeds
+    ``threshold * largest`` span the protected directions, the rest their orthogonal complement.
+    """
     d = problem.width
     gram = torch.zeros(d, d, dtype=ACCUMULATE_DTYPE, device=device)
     _gram(problem.retained, problem.retained_weights, gram)
-    evals, evecs = torch.linalg.eigh(gram)
+    evals, evecs = torch.linalg.eigh(gram)  # ascending eigenvalues
     if evals.numel() == 0 or evals[-1] <= 0:
-        return evecs[:, :0]
-    return evecs[:, evals > threshold * evals[-1]]
+        return evecs[:, :0], evecs
+    kept = evals > threshold * evals[-1]
+    return evecs[:, kept], evecs[:, ~kept]
 
 
 def solve_input_space(
@@ -208,10 +215,8 @@ def solve_input_space(
 
     retained_rank = 0
     if strict and problem.retained.shape[0] > 0:
-        basis = retained_span(problem, strict_threshold, device)
+        basis, complement = retained_span(problem, strict_threshold, device)
         retained_rank = basis.shape[1]
-        # Complement N: eigenvectors of I - B B^T with eigenvalue 1 (the last d - q of them).
-        complement = torch.linalg.eigh(torch.eye(d, **f64) - basis @ basis.T).eigenvectors[:, retained_rank:]
         reduced = lam * torch.eye(d - retained_rank, **f64) + complement.T @ gram @ complement
         right = complement @ torch.cholesky_solve(complement.T @ inputs, torch.linalg.cholesky(reduced))
     else:
