@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.toyworld_erasure import SEED_BASE, _row, aggregate  # noqa: E402
+from benchmarks.toyworld_erasure import SEED_BASE, _fmt, _row, aggregate  # noqa: E402
 from erasure.concepts import DEFAULT_CARE_WEIGHT, ConceptSet, ContextPair, Retained, Target  # noqa: E402
 from erasure.finetune import FinetuneSettings, finetune  # noqa: E402
 from erasure.finetune.toy import ToyDenoiser  # noqa: E402
@@ -156,12 +156,6 @@ def markdown(results: dict, summary: dict, meta: dict) -> str:
                 f"{_fmt(row.get('unrelated_retention'))} | {_fmt(row.get('care_psnr'))} |"
             )
     return "\n".join(lines) + "\n"
-
-
-def _fmt(v) -> str:  # noqa: ANN001
-    if v is None or (isinstance(v, float) and v != v):
-        return "-"
-    return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
 
 
 def main(argv: list[str] | None = None) -> None:
