@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
+from ..grid import GridRow, model_seed_grid
 from .config import SamplerConfig
 from .detector import load_detector
 from .evaluate import Prompt, Scorer, concept_set, erase_model, make_case
-from .grid import labelled_grid, save
 from .io import load_model
 
 DEFAULT_TARGET = "boat"
@@ -34,6 +34,7 @@ CARE_METHOD = "care+context"
 DEMO_SEED_BASE = 70_000
 GRID_SAMPLES = 4
 GRID_UNRELATED = 2
+GRID_CELL = 88  # px per 32 px sample: wide enough for a "seed 70000" column label
 COLUMNS = ("original", "naive erase", "CARE-aware erase")
 
 
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     case = make_case(args.target, world)
     prompts: list[Prompt] = [case.target_prompt, *case.care_prompts, *case.mixed_prompts, *case.unrelated[:GRID_UNRELATED]]
     kinds = ["target"] + ["CARE"] * len(case.care_prompts) + ["CARE in context"] * len(case.mixed_prompts) + ["unrelated"] * GRID_UNRELATED
+    tags = ["target"] + ["care"] * (len(case.care_prompts) + len(case.mixed_prompts)) + ["unrelated"] * GRID_UNRELATED
     sampler = SamplerConfig()
     scorer = Scorer(model, detector, [DEMO_SEED_BASE + i for i in range(args.seeds)], sampler)
     models = {"original": model}
@@ -77,9 +79,12 @@ def run(args: argparse.Namespace) -> int:
     print(header)
     for p, kind in zip(prompts, kinds):
         print(f"{p.text:<26} {kind:<16} {p.concept:<8} " + " ".join(f"{audit[c][p.text].rate:17.2f}" for c in COLUMNS))
-    cells = [[shown[label][p.text] for label in COLUMNS] for p in prompts]
-    labels = [f'"{p.text}"\n{kind}: {p.concept}' for p, kind in zip(prompts, kinds)]
-    grid = save(labelled_grid(cells, labels, list(COLUMNS)), args.out / "demo_grid.png")
+    images = [[shown[label][p.text] for p in prompts] for label in COLUMNS]
+    rows = [GridRow(f'"{p.text}" ({kind}: {p.concept})', tag) for p, kind, tag in zip(prompts, kinds, tags)]
+    seeds = scorer.seeds[:GRID_SAMPLES]
+    title = f"erase '{case.target}' (CARE: {', '.join(case.care) or 'none'})"
+    grid = args.out / "demo_grid.png"
+    model_seed_grid(images, rows, list(COLUMNS), seeds, title, cell=GRID_CELL).save(grid)
     out = {
         "target": case.target,
         "care": list(case.care),

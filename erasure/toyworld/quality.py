@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..grid import GridRow, make_grid
 from .config import BACKGROUND_ALONE, SamplerConfig, WorldConfig
 from .detector import ConceptDetector, load_detector
-from .grid import labelled_grid, save
 from .io import MODEL_FILE, WEIGHTS_DIR, load_meta, load_model
 from .model import ToyModel
 from .renderer import object_phrase
@@ -32,6 +32,7 @@ MIN_CONCEPT_RATE = 0.90
 MAX_COOCCURRENCE_GAP = 0.05
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 GRID_SAMPLES = 8
+GRID_CELL = 64  # px per 32 px sample
 QUALITY_SEED_BASE = 10_000
 UNCONDITIONAL_KEY = "<unconditional>"
 
@@ -128,9 +129,11 @@ def main(argv: list[str] | None = None) -> None:
     result = {**score_quality(images, load_detector()), **meta}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "toyworld_quality.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    rows = list(images)
-    grid = labelled_grid([[images[r][:GRID_SAMPLES]] for r in rows], rows, [f"samples (first {GRID_SAMPLES} seeds)"])
-    save(grid, args.out / "toyworld_samples.png")
+    prompts = list(images)
+    rows = [GridRow(prompt, "sample") for prompt in prompts]
+    seeds = [f"#{k + 1}" for k in range(GRID_SAMPLES)]
+    cells = [list(images[prompt][:GRID_SAMPLES]) for prompt in prompts]
+    make_grid(cells, rows, seeds, title="toy model samples", cell=GRID_CELL).save(args.out / "toyworld_samples.png")
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=2))
     for prompt, row in result["single_concept"].items():
         print(f"  {prompt:14s} {row['concept']:8s} {row['rate']:.3f}")

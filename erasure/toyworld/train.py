@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=TrainConfig.warmup_steps)
     p.add_argument("--high-noise-weight", type=float, default=TrainConfig.high_noise_weight_max)
     p.add_argument("--stop-after", type=int, default=None, help="stop early, keeping the --steps schedule")
+    p.add_argument("--caption-dropout", type=float, default=TrainConfig.caption_dropout)
     p.add_argument("--noise-offset", type=float, default=ModelConfig.noise_offset)
     p.add_argument("--init", type=Path, default=None, help="continue from these weights (a second stage)")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR / MODEL_FILE)
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         warmup_steps=args.warmup,
         high_noise_weight_max=args.high_noise_weight,
         stop_after=args.stop_after,
+        caption_dropout=args.caption_dropout,
     )
     model_cfg = replace(ModelConfig(), noise_offset=args.noise_offset)
     _, stats = train(WorldConfig(), model_cfg, cfg, args.out, init=args.init)

@@ -1,0 +1,89 @@
+"""The toy model's quality check scored on renders (the known answer), and the demo's outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from erasure.delta import load_delta
+from erasure.sites import discover_sites
+from erasure.toyworld import demo
+from erasure.toyworld.detector import load_detector
+from erasure.toyworld.io import load_model
+from erasure.toyworld.quality import UNCONDITIONAL_KEY, score_quality, single_concept_prompts
+from erasure.toyworld.renderer import Scene, render, sample_scene
+
+
+@pytest.fixture(scope="module")
+def detector():  # noqa: ANN201
+    return load_detector()
+
+
+def renders(scenes: list[Scene], seed: int) -> torch.Tensor:
+    """Rendered scenes as the sampler returns images: ``[N, 3, H, W]`` in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    world = load_detector().world
+    return torch.from_numpy(np.stack([render(s, rng, world).transpose(2, 0, 1) for s in scenes]))
+
+
+def scenes_for(concept: str, n: int, seed: int, world) -> list[Scene]:  # noqa: ANN001
+    """``n`` scenes drawn from the world's statistics that contain ``concept`` (an object or a background)."""
+    rng = np.random.default_rng(seed)
+    found: list[Scene] = []
+    while len(found) < n:
+        scene = sample_scene(rng, world)
+        if concept in (scene.obj, scene.background) and (concept in world.objects or scene.obj is None):
+            found.append(scene)
+    return found
+
+
+def rendered_world(world, per_prompt: int, unconditional: int) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    """What a perfect model would draw: renders for every quality prompt and for the unconditional key."""
+    images = {
+        prompt: renders(scenes_for(concept, per_prompt, seed=i, world=world), seed=100 + i)
+        for i, (prompt, concept) in enumerate(single_concept_prompts(world))
+    }
+    rng = np.random.default_rng(7)
+    images[UNCONDITIONAL_KEY] = renders([sample_scene(rng, world) for _ in range(unconditional)], seed=8)
+    return images
+
+
+def test_quality_check_passes_on_the_worlds_own_renders(detector) -> None:  # noqa: ANN001
+    world = detector.world
+    result = score_quality(rendered_world(world, per_prompt=24, unconditional=1500), detector)
+    assert result["single_concept_all_pass"], result["single_concept"]
+    # 1,500 scenes: the share without an object and P(home | object) are the config's, up to sampling error.
+    assert abs(result["unconditional_no_object_share"] - world.empty_scene_prob) < 0.04
+    for obj, row in result["cooccurrence_unconditional"].items():
+        if "gap" in row:
+            assert row["gap"] < 4 * row["standard_error"] + 0.02, (obj, row)
+
+
+def test_quality_check_fails_a_model_that_ignores_the_prompt(detector) -> None:  # noqa: ANN001
+    world = detector.world
+    images = rendered_world(world, per_prompt=8, unconditional=64)
+    images["a boat"] = images["water"]  # "a boat" draws plain water
+    result = score_quality(images, detector)
+    assert result["single_concept"]["a boat"]["rate"] < 0.2
+    assert not result["single_concept"]["a boat"]["pass"] and not result["single_concept_all_pass"]
+
+
+def test_demo_writes_grid_audit_and_a_lora_for_the_toy_model(tmp_path) -> None:
+    args = argparse.Namespace(out=tmp_path, target="boat", seeds=2, threads=1)
+    assert demo.run(args) == 0
+    audit = json.loads((tmp_path / "demo_audit.json").read_text())
+    assert audit["target"] == "boat" and audit["care"] == ["water"]
+    assert set(audit["audit"]) == set(demo.COLUMNS)
+    assert all(0.0 <= s["rate"] <= 1.0 for column in audit["audit"].values() for s in column.values())
+    with Image.open(tmp_path / "demo_grid.png") as grid:
+        # five prompt rows of GRID_CELL-pixel cells, three model groups of min(seeds, GRID_SAMPLES) columns
+        assert grid.height > 5 * demo.GRID_CELL and grid.width > 3 * 2 * demo.GRID_CELL
+    model, _ = load_model()
+    site_names = [site.name for site in discover_sites(model.unet.state_dict())]
+    delta = load_delta(tmp_path / "erase_boat_care.safetensors", site_names)
+    assert delta.updates and set(delta.updates) <= set(site_names)
