@@ -154,3 +154,16 @@ def test_bad_vectors_are_refused() -> None:
         InputSpaceProblem.build(c, c, c, retained_weights=-1.0)
     with pytest.raises(SolveError, match="at least one target"):
         InputSpaceProblem.build(torch.zeros(0, 8), torch.zeros(0, 8))
+
+
+def test_in_place_spd_solve_matches_a_dense_solve_and_rejects_indefinite_systems() -> None:
+    from erasure.solve import _solve_spd_in_place
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 64, generator=gen, dtype=torch.float64)
+    system = torch.eye(64, dtype=torch.float64) + x.T @ x
+    rhs = torch.randn(64, 5, generator=gen, dtype=torch.float64)
+    expected = torch.linalg.solve(system, rhs)
+    assert torch.allclose(_solve_spd_in_place(system.clone(), rhs), expected, rtol=0, atol=1e-10)
+    with pytest.raises(SolveError, match="not positive definite"):
+        _solve_spd_in_place(-system, rhs)
