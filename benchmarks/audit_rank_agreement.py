@@ -10,14 +10,18 @@ tagged target / CARE (the target's home background) / unrelated, and measured fo
 * site drift      -- ``|dW r| / |W r|`` at the cross-attention keys/values (no denoiser call);
 * denoiser drift  -- ``|eps_E - eps_O| / |eps_O - eps_O("")|`` at a few timesteps (no sampling);
 * image change    -- 1 - SSIM of the paired images (pixels, for reference);
-* CARE loss       -- detector-based: share of the concept's images (paired seeds) that lost the concept,
-                     ``CARE_original - CARE_erased``; and a soft version, the drop of the detector's mean
-                     probability for the concept (fewer ties on a small number of seeds).
+* CARE loss       -- detector-based: ``CARE_original - CARE_erased``, the drop of the share of the concept's
+                     images (paired seeds) in which the detector finds it;
+                     ``flip_loss``: the share of paired seeds whose image showed the concept before the erase
+                     and not after (gains cannot cancel losses); ``prob_loss``: the drop of the detector's
+                     mean probability for the concept (a soft score: fewer ties on few seeds).
 
-Per erasure, Spearman rank correlations between each cheap metric and the detector's damage are computed
+Per erasure, Spearman rank correlations between each cheap metric and each damage measure are computed
 over all probes and over the non-target probes only (collateral damage: the target's top rank is easy).
-The JSON reports every per-concept number, the per-erasure correlations and their means. Numbers are
-reported as measured.
+Pooled over every erasure's non-target probes, the summary also gives the ROC AUC of each cheap metric for
+telling *damaged* concepts (CARE score down by at least :data:`DAMAGED_DROP`) from the rest. The JSON
+reports every per-concept number, the per-erasure correlations and their means. Numbers are reported as
+measured.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from erasure.audit import ImagePair, Probe, run_audit, spearman  # noqa: E402
+from erasure.audit import ImagePair, Probe, auc, run_audit, spearman  # noqa: E402
 from erasure.audit.probes import CARE, TARGET, UNRELATED  # noqa: E402
 from erasure.audit.toy import DetectorClassifier, ToyDenoiser, toy_prompt, toy_sites  # noqa: E402
 from erasure.toyworld.config import SamplerConfig  # noqa: E402
@@ -45,12 +49,13 @@ from erasure.toyworld.evaluate import concept_set, erase_model, make_case  # noq
 from erasure.toyworld.io import WEIGHTS_DIR, load_meta, load_model  # noqa: E402
 from erasure.toyworld.sampler import sample  # noqa: E402
 
-DEFAULT_TARGETS = ("boat", "star", "snowman", "cactus", "car")
 DEFAULT_METHODS = ("naive",)
 SEED_BASE = 90_000  # disjoint from the other benchmarks' seeds
 RESULTS = ROOT / "benchmarks" / "results"
 CHEAP = ("site_drift", "denoiser_drift")
-DETECTOR_DAMAGE = ("care_loss", "prob_loss")
+DETECTOR_DAMAGE = ("care_loss", "flip_loss", "prob_loss")
+DAMAGED_DROP = 0.125
+"""A concept counts as damaged when its CARE score drops by at least this (2 of 16 paired images)."""
 PIXEL_DAMAGE = ("image_change",)  # 1 - SSIM of the paired images: damage seen in pixels, not by the detector
 
 
@@ -70,6 +75,13 @@ def mean_probability(detector, images: torch.Tensor, concept: str) -> float:  # 
     return float(det.background_probs[:, world.backgrounds.index(concept)].mean())
 
 
+def flip_loss(detector, original: torch.Tensor, edited: torch.Tensor, concept: str) -> float:  # noqa: ANN001
+    """Share of paired seeds whose original image shows ``concept`` and whose edited image does not."""
+    before = detector.present(detector.detect(original), concept)
+    after = detector.present(detector.detect(edited), concept)
+    return float((before & ~after).mean())
+
+
 def correlations(rows: list[dict]) -> dict:
     out = {}
     for scope, keep in (("all", lambda r: True), ("non_target", lambda r: r["tag"] != TARGET)):
@@ -85,10 +97,10 @@ def correlations(rows: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--targets", nargs="+", default=list(DEFAULT_TARGETS))
+    p.add_argument("--targets", nargs="+", default=None, help="objects to erase (default: all 12)")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
-    p.add_argument("--seeds", type=int, default=8, help="paired images per concept and model")
-    p.add_argument("--drift-seeds", type=int, default=2, help="noise seeds for the denoiser drift")
+    p.add_argument("--seeds", type=int, default=16, help="paired images per concept and model")
+    p.add_argument("--drift-seeds", type=int, default=4, help="noise seeds for the denoiser drift")
     p.add_argument("--steps", type=int, default=15, help="DDIM steps for the paired images")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -99,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.time()
     model, world = load_model()
+    args.targets = args.targets or list(world.objects)
     detector = load_detector()
     classifier = DetectorClassifier(detector)
     labels = tuple(world.labels)
@@ -150,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                         "care_original": r.care_original,
                         "care_erased": r.care_edited,
                         "care_loss": r.care_loss,
+                        "flip_loss": flip_loss(detector, original_images[r.concept], edited_images[r.concept],
+                                               r.concept),
                         "prob_loss": prob_loss,
                         "image_change": 1.0 - r.ssim,
                     }
@@ -198,22 +213,27 @@ def main(argv: list[str] | None = None) -> int:
     print("mean Spearman per erasure:")
     for k, v in out["mean_spearman_per_erasure"].items():
         print(f"  {k:40s} {_fmt(v)}")
+    print(f"pooled non-target damage AUC: {json.dumps(out['pooled_non_target_damage_auc'])}")
     print(f"wrote {path} ({out['seconds']:.0f} s)")
     return 0
 
 
 def summarise(cases: list[dict]) -> dict:
-    """Mean per-erasure correlations, correlations over every erasure's non-target rows pooled, and in how
-    many erasures each measure ranks the target first."""
+    """Mean per-erasure correlations, correlations over every erasure's non-target rows pooled, how well
+    each cheap metric picks out the damaged non-target concepts (ROC AUC), and in how many erasures each
+    measure ranks the target first."""
     keys = list(cases[0]["spearman"]) if cases else []
     pooled_rows = [r for c in cases for r in c["rows"] if r["tag"] != TARGET]
     pooled = correlations(pooled_rows) if pooled_rows else {}
+    damaged = [r["care_loss"] >= DAMAGED_DROP - 1e-9 for r in pooled_rows]
     first = {}
     for m in (*CHEAP, *DETECTOR_DAMAGE, *PIXEL_DAMAGE):
         first[m] = sum(max(c["rows"], key=lambda r: r[m])["tag"] == TARGET for c in cases)
     return {
         "mean_spearman_per_erasure": {k: _mean([c["spearman"][k] for c in cases]) for k in keys},
         "pooled_non_target_spearman": {k: v for k, v in pooled.items() if k.startswith("all:")},
+        "pooled_non_target_damage_auc": {m: auc([r[m] for r in pooled_rows], damaged) for m in (*CHEAP, *PIXEL_DAMAGE)}
+        | {"damaged": int(sum(damaged)), "probes": len(pooled_rows), "damaged_drop": DAMAGED_DROP},
         "target_ranked_first": first | {"erasures": len(cases)},
     }
 

@@ -11,7 +11,7 @@ from .drift import site_drift, updates_from_weights
 from .fidelity import paired_fidelity, psnr, ssim
 from .plots import bar_plot, table_image
 from .probes import CARE, TAGS, TARGET, UNRELATED, Probe, parse_probes, probes_from_concepts
-from .rank import spearman
+from .rank import auc, spearman
 from .report import METRICS, AuditReport, AuditRow
 from .run import ImagePair, run_audit
 
@@ -29,6 +29,7 @@ __all__ = [
     "Probe",
     "SigmaDenoiser",
     "ZeroShotClassifier",
+    "auc",
     "bar_plot",
     "care_score",
     "denoiser_drift",

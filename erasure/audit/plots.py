@@ -2,8 +2,8 @@
 
 * :func:`table_image` -- the report as a table; each metric cell is shaded from green (no damage) to red
   on the fixed scale of :data:`erasure.audit.report.METRICS`, and each concept carries its tag chip;
-* :func:`bar_plot` -- one panel per metric, one bar per concept, grouped and coloured by tag
-  (target / CARE / unrelated), with each tag's mean drawn as a black line across its group.
+* :func:`bar_plot` -- one panel per metric side by side, one horizontal bar per concept, grouped and
+  coloured by tag (target / CARE / unrelated); every bar grows with damage on the table's colour scale.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw
 
-from ..grid import BACKGROUND, FONT_SIZE, GRID_LINE, PAD, TAG_COLOURS, TEXT, TITLE_SIZE, font, tag_colour, text_size
+from ..grid import BACKGROUND, FONT_SIZE, GRID_LINE, PAD, TEXT, TITLE_SIZE, font, tag_colour, text_size
 from .probes import TAGS
 from .report import METRICS, AuditReport
 
@@ -20,11 +20,9 @@ GOOD = (120, 200, 120)
 BAD = (225, 90, 80)
 MISSING = (235, 235, 235)
 CELL_W = 96  # px per metric column
-PANEL_H = 150  # px of bar height range per panel
-BAR_W = 18
-BAR_GAP = 4
-GROUP_GAP = 16
-AXIS_W = 48
+PANEL_W = 160  # px of a full-length bar (the red end of the metric's scale)
+GROUP_GAP = 8  # px between the tag groups of a bar plot
+GRID_LINE_TEXT = (120, 120, 120)
 PLOTTED = ("site_drift", "denoiser_drift", "ssim", "psnr", "care_loss")
 """Metrics a bar plot shows by default (the damage measures; raw CARE scores are in the table)."""
 
@@ -33,9 +31,7 @@ def shade(metric: str, value: float | None) -> tuple[int, int, int]:
     """Green at the metric's ``good`` value, red at ``bad``, linear in between (clamped)."""
     if value is None:
         return MISSING
-    m = METRICS[metric]
-    f = (value - m.good) / (m.bad - m.good)
-    f = min(1.0, max(0.0, f))
+    f = damage_fraction(metric, value)
     return tuple(round(g + f * (b - g)) for g, b in zip(GOOD, BAD))  # type: ignore[return-value]
 
 
@@ -79,10 +75,23 @@ def table_image(report: AuditReport, title: str = "collateral-damage audit") -> 
     return img
 
 
+def damage_fraction(metric: str, value: float) -> float:
+    """Where ``value`` sits on the metric's colour scale: 0 at ``good`` (no damage), 1 at ``bad`` (clamped).
+
+    The same position :func:`shade` colours, so a bar and its table cell agree; it also turns the
+    metrics where more is better (SSIM, PSNR, CARE scores) into damage, so every bar grows with damage.
+    """
+    m = METRICS[metric]
+    return min(1.0, max(0.0, (value - m.good) / (m.bad - m.good)))
+
+
 def bar_plot(
     report: AuditReport, metrics: Sequence[str] | None = None, title: str = "damage by concept"
 ) -> Image.Image:
-    """Bars per concept (module docstring); ``metrics`` defaults to the measured ones of :data:`PLOTTED`."""
+    """Small multiples: one panel per metric side by side, one horizontal bar per concept (rows grouped
+    and coloured by tag, as in the table). A bar's length is :func:`damage_fraction` (empty = no damage,
+    full = the red end of the metric's scale, named under the panel title); the measured value is written
+    beside it. ``metrics`` defaults to the measured ones of :data:`PLOTTED`."""
     metrics = list(metrics) if metrics is not None else [m for m in report.metrics() if m in PLOTTED]
     if not metrics:
         raise ValueError("the report has no measured metric to plot")
@@ -90,53 +99,43 @@ def bar_plot(
     fnt, title_fnt = font(FONT_SIZE), font(TITLE_SIZE)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_h = text_size(probe, "Ag", fnt)[1]
-    label_h = max(text_size(probe, r.concept, fnt)[0] for r in rows) + PAD
+    row_h = text_h + 2 * PAD
+    chip_w = max(text_size(probe, t.upper(), fnt)[0] for t in TAGS) + 2 * PAD
+    name_w = max(text_size(probe, r.concept, fnt)[0] for r in rows) + 2 * PAD
+    value_w = text_size(probe, "-00.000", fnt)[0] + PAD
     title_h = text_size(probe, title, title_fnt)[1] + 2 * PAD
-    legend_h = text_h + 2 * PAD
-    tags_present = [t for t in TAGS if any(r.tag == t for r in rows)]
-    xs, x = [], AXIS_W + PAD
+    head_h = 2 * row_h  # metric label, then the scale it is drawn on
+    left = PAD + chip_w + PAD + name_w
+    panel_w = max([PANEL_W] + [text_size(probe, METRICS[m].label, fnt)[0] + 2 * PAD for m in metrics])
+    ys, y = [], title_h + head_h
     for i, r in enumerate(rows):
         if i and r.tag != rows[i - 1].tag:
-            x += GROUP_GAP
-        xs.append(x)
-        x += BAR_W + BAR_GAP
-    width = max(x + PAD, AXIS_W + 200)
-    panel_h = PANEL_H + text_h + 3 * PAD
-    height = title_h + legend_h + panel_h * len(metrics) + label_h + PAD
+            y += GROUP_GAP
+        ys.append(y)
+        y += row_h
+    width = left + len(metrics) * (panel_w + value_w + PAD) + PAD
+    height = y + PAD
     img = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(img)
     draw.text((PAD, PAD), title, fill=TEXT, font=title_fnt)
-    lx = PAD
-    for t in tags_present:
-        draw.rectangle([lx, title_h + PAD, lx + text_h, title_h + PAD + text_h], fill=TAG_COLOURS[t])
-        draw.text((lx + text_h + PAD, title_h + PAD), t, fill=TEXT, font=fnt)
-        lx += text_h + 2 * PAD + text_size(draw, t, fnt)[0] + GROUP_GAP
-    for p, m in enumerate(metrics):
-        top = title_h + legend_h + p * panel_h
-        base = top + text_h + 2 * PAD + PANEL_H
-        values = [r.value(m) for r in rows]
-        present = [abs(v) for v in values if v is not None]
-        scale = max(present + [abs(METRICS[m].bad), abs(METRICS[m].good)]) or 1.0
-        draw.text((PAD, top + PAD), f"{METRICS[m].label} (axis max {scale:.3g})", fill=TEXT, font=fnt)
-        draw.line([(AXIS_W, base), (width - PAD, base)], fill=TEXT)
-        draw.line([(AXIS_W, base), (AXIS_W, base - PANEL_H)], fill=GRID_LINE)
-        for xi, r, v in zip(xs, rows, values):
+    for yi, r in zip(ys, rows):
+        draw.rectangle([PAD, yi + 2, PAD + chip_w, yi + row_h - 2], fill=tag_colour(r.tag))
+        draw.text((2 * PAD, yi + PAD), r.tag.upper(), fill=BACKGROUND, font=fnt)
+        draw.text((PAD + chip_w + PAD, yi + PAD), r.concept, fill=TEXT, font=fnt)
+    for k, m in enumerate(metrics):
+        x0 = left + k * (panel_w + value_w + PAD)
+        spec = METRICS[m]
+        draw.text((x0, title_h), spec.label, fill=TEXT, font=fnt)
+        draw.text((x0, title_h + row_h - PAD), f"bar: {spec.good:g} .. {spec.bad:g}", fill=GRID_LINE_TEXT, font=fnt)
+        draw.line([(x0, title_h + head_h - 2), (x0, height - PAD)], fill=TEXT)
+        draw.line([(x0 + panel_w, title_h + head_h - 2), (x0 + panel_w, height - PAD)], fill=GRID_LINE)
+        for yi, r in zip(ys, rows):
+            v = r.value(m)
             if v is None:
+                draw.text((x0 + PAD, yi + PAD), "-", fill=TEXT, font=fnt)
                 continue
-            h = round(PANEL_H * abs(v) / scale)
-            y0, y1 = (base - h, base) if v >= 0 else (base, base + min(h, PAD))
-            draw.rectangle([xi, y0, xi + BAR_W, y1], fill=tag_colour(r.tag))
-        for t in tags_present:
-            idx = [i for i, r in enumerate(rows) if r.tag == t and values[i] is not None]
-            if idx:
-                mean = sum(values[i] for i in idx) / len(idx)  # type: ignore[misc]
-                ym = base - round(PANEL_H * max(mean, 0.0) / scale)
-                draw.line([(xs[idx[0]] - 2, ym), (xs[idx[-1]] + BAR_W + 2, ym)], fill=TEXT, width=2)
-    label_top = title_h + legend_h + panel_h * len(metrics)
-    for xi, r in zip(xs, rows):
-        tw, th = text_size(draw, r.concept, fnt)
-        label = Image.new("RGB", (tw + 2, th + 4), BACKGROUND)
-        ImageDraw.Draw(label).text((0, 0), r.concept, fill=TEXT, font=fnt)
-        rotated = label.rotate(90, expand=True)
-        img.paste(rotated, (xi + (BAR_W - rotated.width) // 2, label_top + PAD // 2))
+            length = round(panel_w * damage_fraction(m, v))
+            if length:
+                draw.rectangle([x0, yi + 3, x0 + length, yi + row_h - 3], fill=tag_colour(r.tag))
+            draw.text((x0 + length + PAD, yi + PAD), f"{v:.3f}", fill=TEXT, font=fnt)
     return img

@@ -17,6 +17,7 @@ from erasure.audit import (
     psnr,
     run_audit,
     site_drift,
+    auc,
     spearman,
     ssim,
     updates_from_weights,
@@ -245,3 +246,12 @@ def test_run_audit_progress_and_interrupt() -> None:
 
     with pytest.raises(Stop):
         run_audit(PROBES, sites=sites, updates={}, encoder=enc, progress=stop)
+
+
+def test_auc_known_answers() -> None:
+    assert auc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == pytest.approx(1.0)
+    assert auc([0.1, 0.2, 0.9, 0.8], [True, True, False, False]) == pytest.approx(0.0)
+    assert auc([0.5, 0.5, 0.5], [True, False, False]) == pytest.approx(0.5)  # ties count one half
+    assert auc([3.0, 1.0, 2.0], [True, False, True]) == pytest.approx(1.0)
+    assert auc([4.0, 3.0, 2.0, 0.0], [True, False, True, False]) == pytest.approx(0.75)  # 3 of 4 pairs ordered
+    assert auc([1.0, 2.0], [True, True]) is None

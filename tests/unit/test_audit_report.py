@@ -98,8 +98,24 @@ def test_table_image_has_tag_chips_and_grows_with_rows() -> None:
 def test_bar_plot_draws_a_panel_per_metric() -> None:
     r = report()
     one, all_ = bar_plot(r, ["site_drift"]), bar_plot(r)
-    assert all_.height > one.height
+    assert all_.width > one.width and all_.height == one.height
     colours = {c for _, c in one.getcolors(maxcolors=1 << 20)}
     assert {TAG_COLOURS["target"], TAG_COLOURS["care"], TAG_COLOURS["unrelated"]} <= colours
     with pytest.raises(ValueError):
         bar_plot(AuditReport([AuditRow("x", "target", "x")]))
+
+
+def test_bars_grow_with_damage_in_every_metric_orientation() -> None:
+    from erasure.audit.plots import PANEL_W, damage_fraction
+
+    assert damage_fraction("site_drift", 0.0) == 0.0 and damage_fraction("site_drift", 0.5) == pytest.approx(0.5)
+    assert damage_fraction("ssim", 1.0) == 0.0 and damage_fraction("ssim", 0.75) == pytest.approx(0.5)
+    assert damage_fraction("psnr", 50.0) == 0.0 and damage_fraction("psnr", 0.0) == 1.0  # clamped
+    # a target row at half the site-drift scale has a bar a quarter-panel longer than one at a quarter
+
+    def target_pixels(drift: float) -> int:
+        img = bar_plot(AuditReport([AuditRow("boat", "target", "boat", site_drift=drift)]), ["site_drift"])
+        pixels = img.load()
+        return max(sum(pixels[x, y] == TAG_COLOURS["target"] for x in range(img.width)) for y in range(img.height))
+
+    assert target_pixels(0.5) - target_pixels(0.25) == PANEL_W // 4
