@@ -20,12 +20,11 @@ from comfy_api.latest import io, ui
 
 from . import adapters
 from .engine import engine_module
+from .widgets import LATENT_FACTOR, image_side, text_list
 
 CATEGORY = "CARE erasure/audit"
 Samples = io.Custom("CARE_AUDIT_SAMPLES")
 MODEL_LABELS = ("original", "erased")
-LATENT_FACTOR = 8  # pixels per latent cell (SD-family VAEs)
-MAX_SIDE = 4096
 
 
 @dataclass
@@ -183,12 +182,8 @@ class CAREComparisonGrid(io.ComfyNode):
                     default="normal",
                     tooltip="Noise schedule, as in KSampler.",
                 ),
-                io.Int.Input(
-                    "width", default=512, min=64, max=MAX_SIDE, step=LATENT_FACTOR, tooltip="Image width in pixels."
-                ),
-                io.Int.Input(
-                    "height", default=512, min=64, max=MAX_SIDE, step=LATENT_FACTOR, tooltip="Image height in pixels."
-                ),
+                image_side("width", 512, "Image width in pixels."),
+                image_side("height", 512, "Image height in pixels."),
                 io.String.Input("negative", default="", tooltip="Negative prompt used for every image."),
                 io.Int.Input("cell", default=192, min=32, max=1024, tooltip="Size in pixels of one image in the grid."),
             ],
@@ -260,12 +255,10 @@ class CAREGridFromBatches(io.ComfyNode):
             ),
             inputs=[
                 io.Image.Input("images_a", tooltip="First model's images (e.g. original), row-major."),
-                io.String.Input(
+                text_list(
                     "rows",
-                    multiline=True,
-                    default="",
+                    "One row per line, top to bottom: 'tag: label' (tag = target, care or unrelated) or a label.",
                     placeholder="target: boat\ncare: water\nunrelated: house",
-                    tooltip="One row per line, top to bottom: 'tag: label' (tag = target, care or unrelated) or a label.",
                 ),
                 io.Image.Input("images_b", optional=True, tooltip="Second model's images (e.g. erased), same layout."),
                 io.String.Input("label_a", default="original", tooltip="Heading of the first batch's columns."),
@@ -356,22 +349,8 @@ class CAREAudit(io.ComfyNode):
                     max=16,
                     tooltip="How many noise levels the denoiser drift probes (evenly spread over high to mid noise).",
                 ),
-                io.Int.Input(
-                    "width",
-                    default=512,
-                    min=64,
-                    max=MAX_SIDE,
-                    step=LATENT_FACTOR,
-                    tooltip="Image width the denoiser drift probes (sets the latent size).",
-                ),
-                io.Int.Input(
-                    "height",
-                    default=512,
-                    min=64,
-                    max=MAX_SIDE,
-                    step=LATENT_FACTOR,
-                    tooltip="Image height the denoiser drift probes (sets the latent size).",
-                ),
+                image_side("width", 512, "Image width the denoiser drift probes (sets the latent size)."),
+                image_side("height", 512, "Image height the denoiser drift probes (sets the latent size)."),
                 io.String.Input(
                     "clip_classifier",
                     default="",

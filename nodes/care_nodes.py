@@ -16,6 +16,7 @@ from .engine import delta as _delta
 from .engine import engine_module
 from .engine import vectors as _vectors
 from .lora_files import lora_target
+from .widgets import text_list, weight
 
 CATEGORY = "CARE erasure"
 Concepts = io.Custom("CARE_CONCEPTS")
@@ -57,71 +58,46 @@ class CAREConceptSet(io.ComfyNode):
                 "target (water for boat) and are damaged first, so they weigh more by default."
             ),
             inputs=[
-                io.String.Input(
+                text_list(
                     "targets",
-                    multiline=True,
-                    default="",
+                    "Concepts to erase, one per line (or comma separated). 'concept -> anchor' makes the concept"
+                    " read like the anchor; without an anchor it reads like the empty prompt.",
                     placeholder="boat\ncar -> vehicle",
-                    tooltip=(
-                        "Concepts to erase, one per line (or comma separated). 'concept -> anchor' makes the concept"
-                        " read like the anchor; without an anchor it reads like the empty prompt."
-                    ),
                 ),
-                io.String.Input(
+                text_list(
                     "retained",
-                    multiline=True,
-                    default="",
+                    "General concepts to keep unchanged, one per line; 'concept : weight' sets its weight "
+                    "(default: retain weight).",
                     placeholder="dog\ntree : 2.0",
-                    tooltip=(
-                        "General concepts to keep unchanged, one per line; 'concept : weight' sets its weight "
-                        "(default: retain weight)."
-                    ),
                 ),
-                io.String.Input(
+                text_list(
                     "care",
-                    multiline=True,
-                    default="",
+                    "CARE concepts: ones that appear together with a target (water, harbour for boat). Kept with"
+                    " the CARE weight unless 'concept : weight' is given.",
                     placeholder="water\nsea",
-                    tooltip=(
-                        "CARE concepts: ones that appear together with a target (water, harbour for boat). Kept with"
-                        " the CARE weight unless 'concept : weight' is given."
-                    ),
                 ),
-                io.String.Input(
+                text_list(
                     "templates",
-                    multiline=True,
+                    "Prompt templates, one per line, each with '{}' where the concept goes (e.g. 'a photo of "
+                    "{}'). Every concept is encoded in every template.",
                     default="{}",
-                    tooltip=(
-                        "Prompt templates, one per line, each with '{}' where the concept goes (e.g. 'a photo of "
-                        "{}'). Every concept is encoded in every template."
-                    ),
                 ),
-                io.Float.Input(
+                weight(
                     "retain_weight",
-                    default=_concepts.DEFAULT_RETAIN_WEIGHT,
-                    min=0.0,
-                    max=1000.0,
-                    step=0.1,
-                    tooltip="Default weight of a retained concept: how strongly its outputs are kept.",
+                    _concepts.DEFAULT_RETAIN_WEIGHT,
+                    "Default weight of a retained concept: how strongly its outputs are kept.",
                 ),
-                io.Float.Input(
+                weight(
                     "care_weight",
-                    default=_concepts.DEFAULT_CARE_WEIGHT,
-                    min=0.0,
-                    max=1000.0,
-                    step=0.1,
-                    tooltip="Default weight of a CARE concept (usually larger than the retain weight).",
+                    _concepts.DEFAULT_CARE_WEIGHT,
+                    "Default weight of a CARE concept (usually larger than the retain weight).",
                 ),
-                io.String.Input(
+                text_list(
                     "contexts",
-                    multiline=True,
-                    default="",
-                    optional=True,
+                    "Optional context pairs 'prompt => concept': inside that prompt the concept should read as "
+                    "it does alone (protects water in 'a boat on water').",
                     placeholder="a boat on water => water",
-                    tooltip=(
-                        "Optional context pairs 'prompt => concept': inside that prompt the concept should read as "
-                        "it does alone (protects water in 'a boat on water')."
-                    ),
+                    optional=True,
                 ),
             ],
             outputs=[
@@ -179,44 +155,22 @@ class CAREMergeConcepts(io.ComfyNode):
             inputs=[
                 Concepts.Input("concepts", tooltip="The concept set to extend."),
                 Concepts.Input("other", optional=True, tooltip="Optional second concept set merged into the first."),
-                io.String.Input(
-                    "more_targets",
-                    multiline=True,
-                    default="",
-                    optional=True,
-                    tooltip="Extra targets, one per line ('concept -> anchor' allowed).",
+                text_list("more_targets", "Extra targets, one per line ('concept -> anchor' allowed).", optional=True),
+                text_list(
+                    "more_retained", "Extra retained concepts, one per line ('concept : weight' allowed).", optional=True
                 ),
-                io.String.Input(
-                    "more_retained",
-                    multiline=True,
-                    default="",
-                    optional=True,
-                    tooltip="Extra retained concepts, one per line ('concept : weight' allowed).",
-                ),
-                io.String.Input(
-                    "more_care",
-                    multiline=True,
-                    default="",
-                    optional=True,
-                    tooltip="Extra CARE concepts, one per line ('concept : weight' allowed).",
-                ),
-                io.Float.Input(
+                text_list("more_care", "Extra CARE concepts, one per line ('concept : weight' allowed).", optional=True),
+                weight(
                     "retain_weight",
-                    default=_concepts.DEFAULT_RETAIN_WEIGHT,
-                    min=0.0,
-                    max=1000.0,
-                    step=0.1,
+                    _concepts.DEFAULT_RETAIN_WEIGHT,
+                    "Weight of the extra retained concepts without an explicit weight.",
                     optional=True,
-                    tooltip="Weight of the extra retained concepts without an explicit weight.",
                 ),
-                io.Float.Input(
+                weight(
                     "care_weight",
-                    default=_concepts.DEFAULT_CARE_WEIGHT,
-                    min=0.0,
-                    max=1000.0,
-                    step=0.1,
+                    _concepts.DEFAULT_CARE_WEIGHT,
+                    "Weight of the extra CARE concepts without an explicit weight.",
                     optional=True,
-                    tooltip="Weight of the extra CARE concepts without an explicit weight.",
                 ),
             ],
             outputs=[
@@ -277,32 +231,22 @@ class CAREErase(io.ComfyNode):
                     ),
                 ),
                 Concepts.Input("concepts", tooltip="What to erase and what to keep, from CARE Concept Set."),
-                io.Float.Input(
+                weight(
                     "erase_scale",
-                    default=1.0,
-                    min=0.0,
-                    max=100.0,
+                    1.0,
+                    "How strongly the targets are pulled onto their anchors (weight of the erase term).",
                     step=0.05,
-                    tooltip="How strongly the targets are pulled onto their anchors (weight of the erase term).",
+                    maximum=100.0,
                 ),
-                io.Float.Input(
+                weight(
                     "retain_weight",
-                    default=1.0,
-                    min=0.0,
-                    max=1000.0,
+                    1.0,
+                    "Multiplies every retained/CARE concept's weight: higher keeps them closer to the original, "
+                    "at some cost in erasure.",
                     step=0.05,
-                    tooltip=(
-                        "Multiplies every retained/CARE concept's weight: higher keeps them closer to the original, "
-                        "at some cost in erasure."
-                    ),
                 ),
-                io.Float.Input(
-                    "context_weight",
-                    default=1.0,
-                    min=0.0,
-                    max=1000.0,
-                    step=0.05,
-                    tooltip="Multiplies the weight of the context pairs of the concept set.",
+                weight(
+                    "context_weight", 1.0, "Multiplies the weight of the context pairs of the concept set.", step=0.05
                 ),
                 io.Float.Input(
                     "lambda_",

@@ -26,6 +26,7 @@ from comfy_api.latest import io
 from . import adapters
 from .care_nodes import CATEGORY, Concepts, Erasure, ErasureResult, _check_interrupt
 from .engine import engine_module
+from .widgets import image_side, weight
 
 LATENT_DOWNSCALE = 8
 """SD-family VAEs map 8x8 pixels to one latent cell."""
@@ -167,20 +168,16 @@ class CAREFinetuneErase(io.ComfyNode):
                                tooltip="Adam learning rate of the adapters."),
                 io.Float.Input("eta", default=d.eta, min=0.0, max=20.0, step=0.1,
                                tooltip="ESD negative-guidance scale: how far past the anchor the target is pushed."),
-                io.Float.Input("retain_scale", default=d.retain_scale, min=0.0, max=1000.0, step=0.1,
-                               tooltip="Weight of the CARE retain loss (0 = plain ESD, no protection)."),
-                io.Float.Input("context_scale", default=d.context_scale, min=0.0, max=1000.0, step=0.1,
-                               tooltip="Weight of the contextual loss on the concept set's context pairs."),
+                weight("retain_scale", d.retain_scale, "Weight of the CARE retain loss (0 = plain ESD, no protection)."),
+                weight("context_scale", d.context_scale, "Weight of the contextual loss on the concept set's context pairs."),
                 io.Int.Input("batch_size", default=d.batch_size, min=1, max=64, tooltip="Samples per loss term per step."),
                 io.Int.Input("sample_steps", default=d.sample_steps, min=1, max=200,
                              tooltip="DDIM steps of the partial sampling that makes the noisy latents trained on."),
                 io.Int.Input("pool_seeds", default=d.pool_seeds, min=1, max=256, tooltip="Sampled trajectories per prompt."),
                 io.Float.Input("guidance", default=d.guidance, min=0.0, max=30.0, step=0.5,
                                tooltip="CFG scale of that partial sampling."),
-                io.Int.Input("width", default=DEFAULT_SIZE, min=64, max=4096, step=8,
-                             tooltip="Image width the noisy latents are made at (ignored with a latent input)."),
-                io.Int.Input("height", default=DEFAULT_SIZE, min=64, max=4096, step=8,
-                             tooltip="Image height the noisy latents are made at (ignored with a latent input)."),
+                image_side("width", DEFAULT_SIZE, "Image width the noisy latents are made at (ignored with a latent input)."),
+                image_side("height", DEFAULT_SIZE, "Image height the noisy latents are made at (ignored with a latent input)."),
                 io.Int.Input("seed", default=d.seed, min=0, max=2**31 - 1, tooltip="Seed of every random choice."),
                 io.Boolean.Input("mixed_precision", default=True, tooltip="Autocast on CUDA (bf16/fp16); no effect on CPU."),
                 io.Combo.Input("gradient_checkpointing", options=["auto", "on", "off"], default="auto",

@@ -5,8 +5,6 @@ created under ``torch.inference_mode()``, as ComfyUI creates them. The real serv
 
 from __future__ import annotations
 
-import importlib
-import sys
 import types
 
 import pytest
@@ -15,37 +13,16 @@ from torch import nn
 
 from erasure.concepts import ConceptSet
 from erasure.finetune import FinetuneSettings, finetune
+from tests import comfy_stub
 
 WIDTH, TOKENS, CHANNELS, SIZE = 8, 3, 4, 32  # SIZE px -> SIZE/8 latent cells
 
 
-class _Kind:
-    def __init__(self, name: str = "") -> None:
-        self.name = name
-
-    def Input(self, name: str, **kw):  # noqa: N802 - mirrors the V3 API
-        return {"input": name, "kind": self.name, **kw}
-
-    def Output(self, **kw):  # noqa: N802
-        return {"output": self.name, **kw}
-
-
 @pytest.fixture
 def node_module(monkeypatch):
-    if importlib.util.find_spec("comfy_api") is None:
-        io = types.SimpleNamespace(
-            ComfyNode=type("ComfyNode", (), {}), Schema=lambda **kw: kw, NodeOutput=lambda *a, **k: a, Custom=_Kind,
-            **{k: _Kind(k) for k in ("Model", "Clip", "Combo", "String", "Int", "Float", "Image", "Boolean", "Latent")},
-        )
-        latest = types.ModuleType("comfy_api.latest")
-        latest.io, latest.ui = io, types.SimpleNamespace(PreviewText=lambda text: text)
-        monkeypatch.setitem(sys.modules, "comfy_api", types.ModuleType("comfy_api"))
-        monkeypatch.setitem(sys.modules, "comfy_api.latest", latest)
-    for name in ("nodes.finetune", "nodes.care_nodes"):
-        sys.modules.pop(name, None)
-    yield importlib.import_module("nodes.finetune")
-    for name in ("nodes.finetune", "nodes.care_nodes"):
-        sys.modules.pop(name, None)
+    comfy_stub.install(monkeypatch)
+    yield comfy_stub.fresh_import("nodes.finetune", also=("nodes.care_nodes",))
+    comfy_stub.forget("nodes.finetune", "nodes.care_nodes")
 
 
 class _Net(nn.Module):

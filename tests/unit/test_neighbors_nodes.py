@@ -4,51 +4,25 @@ schema API to build the schemas and run ``execute``; the engine does the rest on
 
 from __future__ import annotations
 
-import importlib
-import sys
 import types
 
 import pytest
 
 from erasure.concepts import ConceptSet
 from erasure.erase import erase
+from tests import comfy_stub
 from tests.fakes import WordHashEncoder, random_sites
-
-
-class _Kind:
-    def __init__(self, name: str = "") -> None:
-        self.name = name
-
-    def Input(self, name: str, **kw):  # noqa: N802 - mirrors the V3 API
-        return {"input": name, "kind": self.name, **kw}
-
-    def Output(self, **kw):  # noqa: N802
-        return {"output": self.name, **kw}
-
-
-class _NodeOutput:
-    def __init__(self, *args, ui=None) -> None:
-        self.args, self.ui = args, ui
 
 
 @pytest.fixture
 def nodes_neighbors(monkeypatch):
-    if importlib.util.find_spec("comfy_api") is None:
-        io = types.SimpleNamespace(
-            ComfyNode=type("ComfyNode", (), {}), Schema=lambda **kw: kw, NodeOutput=_NodeOutput, Custom=_Kind,
-            **{k: _Kind(k) for k in ("Model", "Clip", "Combo", "String", "Int", "Float", "Image", "Boolean")},
-        )
-        latest = types.ModuleType("comfy_api.latest")
-        latest.io, latest.ui = io, types.SimpleNamespace(PreviewText=lambda text: text)
-        monkeypatch.setitem(sys.modules, "comfy_api", types.ModuleType("comfy_api"))
-        monkeypatch.setitem(sys.modules, "comfy_api.latest", latest)
-    sys.modules.pop("nodes.neighbors", None)
-    module = importlib.import_module("nodes.neighbors")
+    comfy_stub.install(monkeypatch)
+    module = comfy_stub.fresh_import("nodes.neighbors")
     enc, sites = WordHashEncoder(), random_sites()
     monkeypatch.setattr(module, "_sites", lambda model, choice="auto": ("test", sites))
     monkeypatch.setattr(module, "_encoder", lambda clip: enc)
     yield module, enc, sites
-    sys.modules.pop("nodes.neighbors", None)
+    comfy_stub.forget("nodes.neighbors")
 
 
 def test_schemas_have_tooltips_everywhere(nodes_neighbors) -> None:
