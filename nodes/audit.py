@@ -5,7 +5,7 @@ engine calls (:mod:`erasure.audit`, :mod:`erasure.grid`) for every measurement a
   from the original and the erased MODEL over the same seeds and returns one labelled grid IMAGE, plus
   the paired samples for the audit node;
 * ``CAREGridFromBatches`` lays out image batches sampled elsewhere as the same kind of grid;
-* ``CAREAudit`` measures site drift, denoiser drift (SD1.x/SD2.x), paired SSIM/PSNR (from the grid
+* ``CAREAudit`` measures site drift, denoiser drift (SD1.x/SD2.x/SDXL), paired SSIM/PSNR (from the grid
   node's samples) and, with a local CLIP folder, the zero-shot CARE score; returns the report and its images.
 
 Every image sampled advances a progress bar and checks for interruption.
@@ -287,21 +287,41 @@ class CAREGridFromBatches(io.ComfyNode):
 
 
 # --------------------------------------------------------------------------------------------- audit
+def _drift_unsupported(model) -> str | None:
+    """Why the denoiser drift cannot probe this MODEL, or None. It assumes a variance-preserving
+    (epsilon / v / EDM) schedule; SD3 and FLUX are flow-matching models (their site drift still works)."""
+    import comfy.model_sampling
+
+    if isinstance(model.model.model_sampling, comfy.model_sampling.CONST):
+        family = adapters.model_family(model).label
+        return f"denoiser drift skipped: {family} is a flow-matching model (site drift covers it)"
+    return None
+
+
 def _comfy_denoiser(model, clip, width: int, height: int):
-    """The MODEL as the engine's Denoiser: ComfyUI's apply_model returns x0 for a VE input at sigma."""
+    """The MODEL as the engine's Denoiser: ComfyUI's apply_model returns x0 for a VE input at sigma.
+
+    Each prompt's conditioning is what the sampler would pass: the model's own ``extra_conds`` built
+    from the CLIP output and its pooled vector (SDXL's ``y`` needs the pooled vector and the image size)."""
     import comfy.model_management
 
     audit = engine_module("audit")
 
     def condition(prompts):
-        rows = {p: clip.encode_from_tokens(clip.tokenize(p)) for p in dict.fromkeys(prompts)}
-        return torch.cat([rows[p] for p in prompts])
+        conds = {}
+        for p in dict.fromkeys(prompts):
+            cross_attn, pooled = clip.encode_from_tokens(clip.tokenize(p), return_pooled=True)
+            conds[p] = model.model.extra_conds(
+                cross_attn=cross_attn, pooled_output=pooled, width=width, height=height, device=torch.device("cpu")
+            )
+        return [conds[p] for p in prompts]
 
     def denoise(x, sigma, cond):
         comfy.model_management.load_models_gpu([model])
         device = model.load_device
+        kwargs = {key: torch.cat([c[key].cond for c in cond]).to(device) for key in cond[0]}
         with torch.no_grad():
-            out = model.model.apply_model(x.to(device), sigma.to(device), c_crossattn=cond.to(device))
+            out = model.model.apply_model(x.to(device), sigma.to(device), **kwargs)
         return out.float().cpu()
 
     channels = int(model.model.latent_format.latent_channels)
@@ -337,7 +357,8 @@ class CAREAudit(io.ComfyNode):
                 io.Boolean.Input(
                     "denoiser_drift",
                     default=True,
-                    tooltip="Also measure denoiser drift (a few model evaluations per concept; SD1.x/SD2.x).",
+                    tooltip="Also measure denoiser drift (a few model evaluations per concept; SD1.x/SD2.x/SDXL, "
+                    "skipped with a note for the flow-matching SD3/FLUX).",
                 ),
                 io.String.Input(
                     "drift_seeds", default="0, 1", tooltip="Noise seeds for the denoiser drift, comma separated."
@@ -401,7 +422,10 @@ class CAREAudit(io.ComfyNode):
 
         kwargs: dict = {}
         notes = []
-        if denoiser_drift:
+        unsupported = _drift_unsupported(model_original) if denoiser_drift else None
+        if unsupported:
+            notes.append(unsupported)
+        elif denoiser_drift:
             original = _comfy_denoiser(model_original, clip, width, height)
             fractions = audit.denoiser.spread_fractions(drift_timesteps)
             kwargs |= {

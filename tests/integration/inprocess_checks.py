@@ -40,6 +40,8 @@ spec.loader.exec_module(pack)
 adapters = importlib.import_module(f"{spec.name}.nodes.adapters")
 engine_erase = importlib.import_module(f"{spec.name}.erasure.erase")
 engine_concepts = importlib.import_module(f"{spec.name}.erasure.concepts")
+engine_audit = importlib.import_module(f"{spec.name}.erasure.audit")
+audit_nodes = importlib.import_module(f"{spec.name}.nodes.audit")
 
 MODELS = os.path.join(COMFY, "models")
 TE = {k: os.path.join(MODELS, "text_encoders", f"random_{k}.safetensors") for k in ("clip_l", "clip_g", "t5xxl_tiny")}
@@ -131,7 +133,22 @@ def erase_and_patch(model, clip, truncate):
         "weights_unchanged": all(torch.equal(s.weight, before[s.name]) for s in sites),
         "residual": result.report.targets[0].residual,
         "max_drift": max(r.drift for r in result.report.retained),
-    }, result
+    }, result, patched
+
+
+def audit_drift(original, erased, clip):
+    """The audit node's denoiser drift (its ComfyUI denoiser glue + the engine) at 64x64, one seed."""
+    probes = [engine_audit.Probe(c, tag, f"a photo of {c}") for c, tag in (("boat", "target"), ("water", "care"))]
+    timesteps = engine_audit.denoiser.probe_timesteps(1000, (0.7,))
+
+    def drift(edited):
+        return engine_audit.denoiser_drift(
+            audit_nodes._comfy_denoiser(original, clip, 64, 64), audit_nodes._comfy_denoiser(edited, clip, 64, 64),
+            probes, seeds=[0], timesteps=timesteps,
+        )  # fmt: skip
+
+    return {"erased": dict(zip(["boat", "water"], drift(erased))), "identical": drift(original),
+            "unsupported": audit_nodes._drift_unsupported(original)}  # fmt: skip
 
 
 @check("sd15")
@@ -141,8 +158,8 @@ def _sd15():
     skip = clip.clone()
     skip.clip_layer(-2)  # "CLIP Set Last Layer" -2
     out["clip_skip"] = {k: v for k, v in encoder_figures(skip).items() if "diff" in k or k == "truncating"}
-    erased_full, r_full = erase_and_patch(model, clip, truncate=False)
-    erased_trunc, r_trunc = erase_and_patch(model, clip, truncate=True)
+    erased_full, r_full, _ = erase_and_patch(model, clip, truncate=False)
+    erased_trunc, r_trunc, _ = erase_and_patch(model, clip, truncate=True)
     out["erase"] = erased_trunc
     out["erase_truncated_vs_full_max_rel_diff"] = max(
         float((r_trunc.delta.updates[k].dense() - u.dense()).abs().max() / u.dense().abs().max())
@@ -172,7 +189,8 @@ def _sdxl_model():
     path = os.path.join(MODELS, "checkpoints", "random_sdxl_tiny.safetensors")
     need(path)
     model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=True)
-    out, _ = erase_and_patch(model, clip, truncate=True)
+    out, _, patched = erase_and_patch(model, clip, truncate=True)
+    out["denoiser_drift"] = audit_drift(model, patched, clip)
     return out
 
 
@@ -193,7 +211,8 @@ def _sd3():
     out = {"clip_l_only": encoder_figures(clip_l, truncate_too=False)}
     out["triple"] = encoder_figures(triple, truncate_too=False)
     out["triple"]["truncating"] = adapters.ComfyTextEncoder(triple, truncate=True).truncating
-    out["erase"], _ = erase_and_patch(model, triple, truncate=True)
+    out["erase"], _, _ = erase_and_patch(model, triple, truncate=True)
+    out["drift_unsupported"] = audit_nodes._drift_unsupported(model)
     return out
 
 
@@ -220,7 +239,7 @@ def _flux():
             p.zero_() if not name.startswith("txt_in.") else p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
     dev = comfy.model_management.get_torch_device()
     model = comfy.model_patcher.ModelPatcher(base, load_device=dev, offload_device=dev)
-    out["erase"], _ = erase_and_patch(model, clip, truncate=True)
+    out["erase"], _, _ = erase_and_patch(model, clip, truncate=True)
     return out
 
 

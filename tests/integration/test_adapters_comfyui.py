@@ -82,6 +82,9 @@ def test_sdxl_text_encoder_and_model(figures):
     model = _part(figures, "sdxl_model")
     assert (model["family"], model["sites"], model["site_shape"]) == ("SDXL", 62, [320, 2048])
     assert model["patched_keys"] == 62 and model["weights_unchanged"]
+    drift = model["denoiser_drift"]  # the audit node's glue passes SDXL its pooled-vector y
+    assert drift["unsupported"] is None and drift["identical"] == [0.0, 0.0]
+    assert drift["erased"]["boat"] > 0.0 and drift["erased"]["water"] >= 0.0
 
 
 def test_sd3_clip_only_and_clip_plus_t5_layouts(figures):
@@ -95,6 +98,7 @@ def test_sd3_clip_only_and_clip_plus_t5_layouts(figures):
     e = sd3["erase"]
     assert (e["family"], e["sites"], e["site_shape"], e["patched_keys"]) == ("SD3", 1, [128, 4096], 1)
     assert e["weights_unchanged"]
+    assert "flow-matching" in sd3["drift_unsupported"] and "SD3" in sd3["drift_unsupported"]
 
 
 def test_flux_t5_rows_and_txt_in(figures):
