@@ -1,12 +1,15 @@
 """Is the toy model good? Per-concept generation rates and co-occurrence statistics, scored by the detector.
 
-    python -m erasure.toyworld.quality [--seeds 64] [--unconditional 1200]
+    python -m erasure.toyworld.quality [--seeds 48] [--unconditional 2000] [--threads 2]
 
 Writes ``benchmarks/results/toyworld_quality.json`` and a sample grid PNG. The claims checked:
 
 * every single-concept prompt ("a boat", "water") shows its concept in >= ``MIN_CONCEPT_RATE`` of samples;
-* P(home background | object) in samples matches the config within ``MAX_COOCCURRENCE_GAP``, both for
-  object-only prompts ("a boat" -> water ~90%) and for unconditional samples.
+* P(home background | object) in unconditional samples (no guidance: the model's own distribution)
+  matches the config within ``MAX_COOCCURRENCE_GAP``.
+
+P(home | object) is also reported for the object-only prompts ("a boat" -> water), for information:
+they are sampled with guidance, which sharpens the learned prior towards the home background.
 """
 
 from __future__ import annotations
@@ -66,8 +69,7 @@ def score_quality(images: dict[str, torch.Tensor], detector: ConceptDetector) ->
         if concept in world.home_background:
             home, p = world.home_background[concept]
             got = float(detector.present(det, home).mean())
-            cooc_prompt[concept] = {"home": home, "config": p, "generated": got, "gap": abs(got - p),
-                                    "pass": abs(got - p) <= MAX_COOCCURRENCE_GAP}
+            cooc_prompt[concept] = {"home": home, "config": p, "generated": got, "gap": abs(got - p)}
     # unconditional samples: P(home | object detected)
     det = detector.detect(images[UNCONDITIONAL_KEY])
     uncond: dict[str, dict] = {}
@@ -92,6 +94,7 @@ def score_quality(images: dict[str, torch.Tensor], detector: ConceptDetector) ->
         "cooccurrence_object_prompts_max_gap": max(v["gap"] for v in cooc_prompt.values()),
         "cooccurrence_unconditional": uncond,
         "cooccurrence_unconditional_max_gap": max((v["gap"] for v in uncond.values() if "gap" in v), default=None),
+        "cooccurrence_unconditional_all_within_gap": all(v["within_gap"] for v in uncond.values() if "gap" in v),
         "unconditional_no_object_share": float(no_object.mean()),
         "unconditional_config_no_object_share": world.empty_scene_prob,
         "unconditional_background_share": bg_share,
@@ -102,7 +105,7 @@ def score_quality(images: dict[str, torch.Tensor], detector: ConceptDetector) ->
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Score the committed toy model with the committed detector.")
     p.add_argument("--seeds", type=int, default=48)
-    p.add_argument("--unconditional", type=int, default=800)
+    p.add_argument("--unconditional", type=int, default=2000, help="about 140 detections per object: P(home | object) to +-0.03")
     p.add_argument("--steps", type=int, default=SamplerConfig.steps)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--images", type=Path, default=None,
