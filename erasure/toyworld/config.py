@@ -154,10 +154,14 @@ class DetectorConfig:
     """Multi-label detector of objects and backgrounds."""
 
     seed: int = 1
-    channels: tuple[int, ...] = (16, 32, 64)
-    steps: int = 1500
+    channels: tuple[int, ...] = (32, 64, 128)
+    steps: int = 3000
     batch_size: int = 96
     lr: float = 2e-3
+    # Weight of the present-object term of each object's binary cross-entropy. An object is present in
+    # 1 of ~14 images, so plain BCE buys accuracy with misses: the first detector (weight 1) had 98.7%
+    # accuracy on every object but found only 88% of the flowers it was shown.
+    positive_weight: float = 3.0
     noise_std_max: float = 0.06  # augmentation: generated images are a little noisy
     blur_prob: float = 0.3
     eval_images: int = 4000

@@ -108,13 +108,15 @@ def train_detector(
     else:
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps)
     n_obj = len(world.objects)
+    positive_weight = torch.full((n_obj,), cfg.positive_weight)
     bar = tqdm(range(cfg.steps), disable=not progress, desc="detector train")
     for step in bar:
         images, labels, _ = render_batch(rng, cfg.batch_size, world)
         x = augment(torch.from_numpy(images) * 0.5 + 0.5, gen, cfg)
         y_obj, y_bg = _split_labels(torch.from_numpy(labels), n_obj)
         logits = net(x)
-        loss = F.binary_cross_entropy_with_logits(logits[:, :n_obj], y_obj) + F.cross_entropy(logits[:, n_obj:], y_bg)
+        object_loss = F.binary_cross_entropy_with_logits(logits[:, :n_obj], y_obj, pos_weight=positive_weight)
+        loss = object_loss + F.cross_entropy(logits[:, n_obj:], y_bg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -125,19 +127,26 @@ def train_detector(
 
 
 @torch.no_grad()
-def evaluate(detector: ConceptDetector, n: int, seed: int, augmented: bool, cfg: DetectorConfig) -> dict[str, float]:
-    """Per-label accuracy on ``n`` held-out renders (objects: present/absent; backgrounds: one-vs-rest)."""
+def evaluate(
+    detector: ConceptDetector, n: int, seed: int, augmented: bool, cfg: DetectorConfig
+) -> dict[str, dict[str, float]]:
+    """Per label on ``n`` held-out renders (objects: present/absent; backgrounds: one-vs-rest):
+    ``accuracy``, ``recall`` (share of the images showing the label where it is found: what a
+    "concept present" rate needs) and ``specificity`` (share of the others where it is not)."""
     world = detector.world
     images, labels, _ = render_batch(np.random.default_rng(seed), n, world)
     x = torch.from_numpy(images) * 0.5 + 0.5
     if augmented:
         x = augment(x, torch.Generator().manual_seed(seed), cfg)
     det = detector.detect(x)
-    acc = {}
+    out: dict[str, dict[str, float]] = {"accuracy": {}, "recall": {}, "specificity": {}}
     for j, name in enumerate(world.labels):
         truth = labels[:, j] > 0.5
-        acc[name] = float((detector.present(det, name) == truth).mean())
-    return acc
+        found = detector.present(det, name)
+        out["accuracy"][name] = float((found == truth).mean())
+        out["recall"][name] = float(found[truth].mean())
+        out["specificity"][name] = float((~found[~truth]).mean())
+    return out
 
 
 def load_detector(path: Path | None = None) -> ConceptDetector:
@@ -176,17 +185,19 @@ def main(argv: list[str] | None = None) -> None:
     det = ConceptDetector(net, world, cfg.threshold)
     clean = evaluate(det, cfg.eval_images, cfg.eval_seed, False, cfg)
     noisy = evaluate(det, cfg.eval_images, cfg.eval_seed + 1, True, cfg)
-    meta = {
-        "world": to_dict(world),
-        "detector": to_dict(cfg),
-        "stats": {"train_seconds": round(seconds, 1), "heldout_accuracy": clean, "heldout_accuracy_augmented": noisy},
-        "history": history,
-    }
+    stats = {"train_seconds": round(seconds, 1)}
+    for measure in clean:
+        stats[f"heldout_{measure}"] = clean[measure]
+        stats[f"heldout_{measure}_augmented"] = noisy[measure]
+    meta = {"world": to_dict(world), "detector": to_dict(cfg), "stats": stats, "history": history}
     save_weights(args.out, net.state_dict(), meta)
-    print(f"detector trained in {seconds:.0f} s; held-out accuracy (clean / augmented), min over labels: "
-          f"{min(clean.values()):.4f} / {min(noisy.values()):.4f}")
+    print(f"detector trained in {seconds:.0f} s on {cfg.eval_images} held-out renders (clean / augmented):")
+    for measure in clean:
+        print(f"  min {measure:12s} {min(clean[measure].values()):.4f} / {min(noisy[measure].values()):.4f}")
+    print("  label     recall (clean / augmented)  specificity (clean / augmented)")
     for name in world.labels:
-        print(f"  {name:8s} {clean[name]:.4f} {noisy[name]:.4f}")
+        print(f"  {name:8s} {clean['recall'][name]:.4f} / {noisy['recall'][name]:.4f}   "
+              f"{clean['specificity'][name]:.4f} / {noisy['specificity'][name]:.4f}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ Writes ``benchmarks/results/toyworld_quality.json`` and a sample grid PNG. The c
 
 * every single-concept prompt ("a boat", "water") shows its concept in >= ``MIN_CONCEPT_RATE`` of samples;
 * P(home background | object) in unconditional samples (no guidance: the model's own distribution)
-  matches the config within ``MAX_COOCCURRENCE_GAP``.
+  matches the config within ``MAX_COOCCURRENCE_GAP``. Two kinds of unconditional sample are scored:
+  the empty prompt (the classifier-free-guidance branch, trained on the dropped captions only), and
+  ancestral samples of the joint -- captions drawn from the training distribution, each sampled without
+  guidance (:func:`training_captions`).
 
 P(home | object) is also reported for the object-only prompts ("a boat" -> water), for information:
 they are sampled with guidance, which sharpens the learned prior towards the home background.
@@ -25,10 +28,10 @@ import torch
 
 from ..grid import GridRow, make_grid
 from .config import BACKGROUND_ALONE, SamplerConfig, WorldConfig
-from .detector import ConceptDetector, load_detector
+from .detector import ConceptDetector, Detections, load_detector
 from .io import MODEL_FILE, WEIGHTS_DIR, load_meta, load_model
 from .model import ToyModel
-from .renderer import object_phrase
+from .renderer import object_phrase, sample_scene
 from .sampler import UNCONDITIONAL, sample
 
 MIN_CONCEPT_RATE = 0.90
@@ -38,6 +41,8 @@ GRID_SAMPLES = 8
 GRID_CELL = 64  # px per 32 px sample
 QUALITY_SEED_BASE = 10_000
 UNCONDITIONAL_KEY = "<unconditional>"
+MARGINAL_KEY = "<training captions>"
+MARGINAL_CAPTION_SEED = 4242
 
 
 def single_concept_prompts(world: WorldConfig) -> list[tuple[str, str]]:
@@ -48,13 +53,49 @@ def single_concept_prompts(world: WorldConfig) -> list[tuple[str, str]]:
 def sample_quality_images(
     model: ToyModel, world: WorldConfig, n_seeds: int, n_uncond: int, sampler: SamplerConfig
 ) -> dict[str, torch.Tensor]:
-    """Every image the checks score: each single-concept prompt over ``n_seeds`` seeds, and
-    ``n_uncond`` unconditional samples (no guidance) under the key :data:`UNCONDITIONAL_KEY`."""
+    """Every image the checks score: each single-concept prompt over ``n_seeds`` seeds; ``n_uncond``
+    samples of the empty prompt (no guidance) under :data:`UNCONDITIONAL_KEY`; and ``n_uncond`` samples of
+    captions drawn from the training distribution (no guidance) under :data:`MARGINAL_KEY`."""
     seeds = [QUALITY_SEED_BASE + i for i in range(n_seeds)]
     images = {prompt: sample(model, [prompt] * n_seeds, seeds, sampler) for prompt, _ in single_concept_prompts(world)}
+    unguided = replace(sampler, guidance_scale=1.0)
     useeds = [QUALITY_SEED_BASE + n_seeds + i for i in range(n_uncond)]
-    images[UNCONDITIONAL_KEY] = sample(model, [UNCONDITIONAL] * n_uncond, useeds, replace(sampler, guidance_scale=1.0))
+    images[UNCONDITIONAL_KEY] = sample(model, [UNCONDITIONAL] * n_uncond, useeds, unguided)
+    mseeds = [QUALITY_SEED_BASE + n_seeds + n_uncond + i for i in range(n_uncond)]
+    images[MARGINAL_KEY] = sample(model, training_captions(world, n_uncond), mseeds, unguided)
     return images
+
+
+def training_captions(world: WorldConfig, n: int, seed: int = MARGINAL_CAPTION_SEED) -> list[str]:
+    """``n`` captions drawn as training draws them (before caption dropout). Sampling each without guidance
+    is ancestral sampling of the model's joint distribution of scenes: caption ~ p(caption), image ~
+    p(image | caption); where a caption names only the object, the model chooses the background."""
+    rng = np.random.default_rng(seed)
+    return [sample_scene(rng, world).caption for _ in range(n)]
+
+
+def cooccurrence(det: Detections, world: WorldConfig) -> dict:
+    """Share of images per detected object and P(home background | object) against the config, with the
+    binomial standard error of the config's probability at that many detections."""
+    rows: dict[str, dict] = {}
+    for obj in world.objects:
+        has = det.objects[:, world.objects.index(obj)]
+        row: dict = {"count": int(has.sum()), "share": float(has.mean())}
+        if obj in world.home_background and has.sum() > 0:
+            home, p = world.home_background[obj]
+            got = float((det.background[has] == world.backgrounds.index(home)).mean())
+            se = float(np.sqrt(p * (1 - p) / has.sum()))
+            row.update(home=home, config=p, generated=got, gap=abs(got - p), standard_error=se,
+                       within_gap=abs(got - p) <= MAX_COOCCURRENCE_GAP)
+        rows[obj] = row
+    gaps = [v["gap"] for v in rows.values() if "gap" in v]
+    return {
+        "per_object": rows,
+        "max_gap": max(gaps, default=None),
+        "all_within_gap": all(v["within_gap"] for v in rows.values() if "gap" in v),
+        "object_share": float(det.objects.any(axis=1).mean()),
+        "background_share": {b: float((det.background == i).mean()) for i, b in enumerate(world.backgrounds)},
+    }
 
 
 def score_quality(images: dict[str, torch.Tensor], detector: ConceptDetector) -> dict:
@@ -70,34 +111,17 @@ def score_quality(images: dict[str, torch.Tensor], detector: ConceptDetector) ->
             home, p = world.home_background[concept]
             got = float(detector.present(det, home).mean())
             cooc_prompt[concept] = {"home": home, "config": p, "generated": got, "gap": abs(got - p)}
-    # unconditional samples: P(home | object detected)
-    det = detector.detect(images[UNCONDITIONAL_KEY])
-    uncond: dict[str, dict] = {}
-    for obj in world.objects:
-        has = detector.present(det, obj)
-        row: dict = {"count": int(has.sum()), "share": float(has.mean())}
-        if obj in world.home_background:
-            home, p = world.home_background[obj]
-            if has.sum() > 0:
-                got = float(detector.present(det, home)[has].mean())
-                se = float(np.sqrt(p * (1 - p) / has.sum()))
-                row.update(home=home, config=p, generated=got, gap=abs(got - p), standard_error=se,
-                           within_gap=abs(got - p) <= MAX_COOCCURRENCE_GAP)
-        uncond[obj] = row
-    no_object = ~det.objects.any(axis=1)
-    bg_share = {b: float(detector.present(det, b).mean()) for b in world.backgrounds}
+    unguided = {key: cooccurrence(detector.detect(images[key]), world)
+                for key in (UNCONDITIONAL_KEY, MARGINAL_KEY) if key in images}  # fmt: skip
     return {
         "single_concept": single,
         "single_concept_min_rate": min(v["rate"] for v in single.values()),
         "single_concept_all_pass": all(v["pass"] for v in single.values()),
         "cooccurrence_object_prompts": cooc_prompt,
         "cooccurrence_object_prompts_max_gap": max(v["gap"] for v in cooc_prompt.values()),
-        "cooccurrence_unconditional": uncond,
-        "cooccurrence_unconditional_max_gap": max((v["gap"] for v in uncond.values() if "gap" in v), default=None),
-        "cooccurrence_unconditional_all_within_gap": all(v["within_gap"] for v in uncond.values() if "gap" in v),
-        "unconditional_no_object_share": float(no_object.mean()),
-        "unconditional_config_no_object_share": world.empty_scene_prob,
-        "unconditional_background_share": bg_share,
+        "cooccurrence_empty_prompt": unguided.get(UNCONDITIONAL_KEY),
+        "cooccurrence_training_captions": unguided.get(MARGINAL_KEY),
+        "config_object_share": 1.0 - world.empty_scene_prob,
         "thresholds": {"min_concept_rate": MIN_CONCEPT_RATE, "max_cooccurrence_gap": MAX_COOCCURRENCE_GAP},
     }
 
@@ -140,10 +164,14 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=2))
     for prompt, row in result["single_concept"].items():
         print(f"  {prompt:14s} {row['concept']:8s} {row['rate']:.3f}")
+    empty, marginal = result["cooccurrence_empty_prompt"], result["cooccurrence_training_captions"]
+    print(f"object share: config {result['config_object_share']:.2f}, empty prompt {empty['object_share']:.3f}, "
+          f"training captions {marginal['object_share']:.3f}")
+    print("P(home | object): config / guided object prompt / empty prompt (n) / training captions (n)")
     for obj, row in result["cooccurrence_object_prompts"].items():
-        u = result["cooccurrence_unconditional"][obj]
-        print(f"  {obj:8s} home={row['home']:6s} config={row['config']:.2f} prompt={row['generated']:.3f} "
-              f"uncond={u.get('generated', float('nan')):.3f} (n={u['count']})")
+        e, m = empty["per_object"][obj], marginal["per_object"][obj]
+        print(f"  {obj:8s} {row['home']:6s} {row['config']:.2f} / {row['generated']:.3f} / "
+              f"{e.get('generated', float('nan')):.3f} ({e['count']}) / {m.get('generated', float('nan')):.3f} ({m['count']})")
 
 
 if __name__ == "__main__":

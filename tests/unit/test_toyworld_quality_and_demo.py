@@ -15,7 +15,7 @@ from erasure.sites import discover_sites
 from erasure.toyworld import demo
 from erasure.toyworld.detector import load_detector
 from erasure.toyworld.io import load_model
-from erasure.toyworld.quality import UNCONDITIONAL_KEY, score_quality, single_concept_prompts
+from erasure.toyworld.quality import MARGINAL_KEY, UNCONDITIONAL_KEY, score_quality, single_concept_prompts
 from erasure.toyworld.renderer import Scene, render, sample_scene
 
 
@@ -48,8 +48,9 @@ def rendered_world(world, per_prompt: int, unconditional: int) -> dict[str, torc
         prompt: renders(scenes_for(concept, per_prompt, seed=i, world=world), seed=100 + i)
         for i, (prompt, concept) in enumerate(single_concept_prompts(world))
     }
-    rng = np.random.default_rng(7)
-    images[UNCONDITIONAL_KEY] = renders([sample_scene(rng, world) for _ in range(unconditional)], seed=8)
+    for key, seed in ((UNCONDITIONAL_KEY, 7), (MARGINAL_KEY, 9)):
+        rng = np.random.default_rng(seed)
+        images[key] = renders([sample_scene(rng, world) for _ in range(unconditional)], seed=seed + 1)
     return images
 
 
@@ -57,11 +58,13 @@ def test_quality_check_passes_on_the_worlds_own_renders(detector) -> None:  # no
     world = detector.world
     result = score_quality(rendered_world(world, per_prompt=24, unconditional=1500), detector)
     assert result["single_concept_all_pass"], result["single_concept"]
-    # 1,500 scenes: the share without an object and P(home | object) are the config's, up to sampling error.
-    assert abs(result["unconditional_no_object_share"] - world.empty_scene_prob) < 0.04
-    for obj, row in result["cooccurrence_unconditional"].items():
-        if "gap" in row:
-            assert row["gap"] < 4 * row["standard_error"] + 0.02, (obj, row)
+    # 1,500 scenes: the object share and P(home | object) are the config's, up to sampling error and the
+    # detector's misses on renders (it finds an object in ~0.81 of them against the config's 0.85).
+    for key in ("cooccurrence_empty_prompt", "cooccurrence_training_captions"):
+        assert abs(result[key]["object_share"] - result["config_object_share"]) < 0.06
+        for obj, row in result[key]["per_object"].items():
+            if "gap" in row:
+                assert row["gap"] < 4 * row["standard_error"] + 0.02, (key, obj, row)
 
 
 def test_quality_check_fails_a_model_that_ignores_the_prompt(detector) -> None:  # noqa: ANN001
