@@ -163,3 +163,14 @@ def test_second_stage_continues_from_saved_weights(tmp_path) -> None:
     assert meta["stats"]["total_steps_all_stages"] == 4 and len(meta["history"]) == 1
     with pytest.raises(ValueError):
         train(WORLD, TINY, cfg, first, progress=False, init=first)
+
+
+@pytest.mark.skipif(not (WEIGHTS_DIR / DETECTOR_FILE).exists(), reason="detector not trained yet")
+def test_committed_detector_finds_every_label_it_is_shown() -> None:
+    """Recall, not only accuracy: an object is absent from most images, so accuracy can hide misses."""
+    from erasure.toyworld.detector import evaluate, load_detector
+
+    det = load_detector()
+    scores = evaluate(det, 1200, seed=777, augmented=False, cfg=DetectorConfig())
+    assert min(scores["recall"].values()) >= 0.98, scores["recall"]
+    assert min(scores["specificity"].values()) >= 0.98, scores["specificity"]

@@ -58,10 +58,9 @@ def test_quality_check_passes_on_the_worlds_own_renders(detector) -> None:  # no
     world = detector.world
     result = score_quality(rendered_world(world, per_prompt=24, unconditional=1500), detector)
     assert result["single_concept_all_pass"], result["single_concept"]
-    # 1,500 scenes: the object share and P(home | object) are the config's, up to sampling error and the
-    # detector's misses on renders (it finds an object in ~0.81 of them against the config's 0.85).
+    # 1,500 scenes: the object share and P(home | object) are the config's, up to sampling error.
     for key in ("cooccurrence_empty_prompt", "cooccurrence_training_captions"):
-        assert abs(result[key]["object_share"] - result["config_object_share"]) < 0.06
+        assert abs(result[key]["object_share"] - result["config_object_share"]) < 0.04
         for obj, row in result[key]["per_object"].items():
             if "gap" in row:
                 assert row["gap"] < 4 * row["standard_error"] + 0.02, (key, obj, row)
