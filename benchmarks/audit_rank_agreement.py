@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "toy_model": meta.get("stats", {}),
         "detector": {k: v for k, v in detector_stats.items() if k == "train_seconds"}
-        | {"min_heldout_accuracy": min(detector_stats.get("heldout_accuracy", {"-": float("nan")}).values())},
+        | {f"min_heldout_{m}": min(detector_stats[f"heldout_{m}"].values()) for m in ("accuracy", "recall")},
         **summarise(cases),
         "cases": cases,
         "seconds": round(time.time() - started, 1),
