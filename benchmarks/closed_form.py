@@ -187,14 +187,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--resume", action="store_true", help="keep the cases already in --out, run the rest")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="measure the selected cases again, keeping every other case already in --out")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     cases = [("sd15", 100, 1000)] if args.quick else [
         (m, n, k) for m in args.models for n in TARGET_COUNTS for k in RETAINED_COUNTS
     ]
-    previous = json.loads(args.out.read_text()).get("cases", []) if args.resume and args.out.exists() else []
-    done = {(r["model"], r["targets"], r["retained"]): r for r in previous}
-    rows = [done[case] for case in cases if case in done]
+    keep_previous = (args.resume or args.remeasure) and args.out.exists()
+    previous = json.loads(args.out.read_text()).get("cases", []) if keep_previous else []
+    by_case = {(r["model"], r["targets"], r["retained"]): r for r in previous}
+    done = {} if args.remeasure else by_case
+    rows = [r for key, r in by_case.items() if key not in cases]  # other models' cases stay in the file
+    rows += [done[case] for case in cases if case in done]
     for model, n, k in cases:
         if (model, n, k) in done:
             continue
@@ -202,7 +207,9 @@ def main() -> None:
         rows.append(row)
         print(" ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
                        for key, value in row.items()), flush=True)
-        write_results(args.out, rows, complete=len(rows) == len(cases))
+        measured = {(r["model"], r["targets"], r["retained"]) for r in rows}
+        full_grid = {(m, n, k) for m in MODEL_SHAPES for n in TARGET_COUNTS for k in RETAINED_COUNTS}
+        write_results(args.out, rows, complete=full_grid <= measured)
     print(f"wrote {args.out}")
 
 
