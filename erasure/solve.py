@@ -55,8 +55,9 @@ ACCUMULATE_DTYPE = torch.float64
 """Gram matrices sum up to ~10^4 outer products of vectors with norms ~30: accumulate in float64."""
 FACTOR_DTYPE = torch.float32
 """Precision of the per-site products ``W P`` (see :meth:`InputSpaceEdit.factors`)."""
-GRAM_CHUNK_ROWS = 4096
-"""Rows of stacked vectors per Gram update: bounds the float64 copy to ``4096 x d``."""
+GRAM_CHUNK_BYTES = 32 * 2**20
+"""Size of the float64 copy of stacked vectors per Gram update (2048 rows of 2048, 1024 of 4096): with
+10^4 retained vectors the copy, not the ``d x d`` system, would otherwise set the peak memory."""
 DEFAULT_STRICT_THRESHOLD = 1e-6
 """Relative eigenvalue below which a retained direction counts as numerical noise (strict mode)."""
 
@@ -161,11 +162,13 @@ class InputSpaceEdit:
 
 
 def _gram(rows: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> None:
-    """``out += sum_i weights_i rows_i rows_i^T``, in float64 chunks."""
-    for start in range(0, rows.shape[0], GRAM_CHUNK_ROWS):
-        chunk = rows[start : start + GRAM_CHUNK_ROWS].to(device=out.device, dtype=ACCUMULATE_DTYPE)
-        w = weights[start : start + GRAM_CHUNK_ROWS].to(out.device)
-        out.addmm_(chunk.T, chunk * w[:, None])
+    """``out += sum_i weights_i rows_i rows_i^T = X^T X`` with ``X_i = sqrt(weights_i) rows_i``, in float64
+    chunks of at most :data:`GRAM_CHUNK_BYTES` (weights are >= 0, checked by the problem)."""
+    step = max(1, GRAM_CHUNK_BYTES // (rows.shape[1] * torch.finfo(ACCUMULATE_DTYPE).bits // 8))
+    for start in range(0, rows.shape[0], step):
+        chunk = rows[start : start + step].to(device=out.device, dtype=ACCUMULATE_DTYPE, copy=True)
+        chunk.mul_(weights[start : start + step].to(out.device).sqrt()[:, None])
+        out.addmm_(chunk.T, chunk)
 
 
 def _solve_spd_in_place(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
