@@ -28,7 +28,7 @@ import torch
 
 from ..grid import GridRow, make_grid
 from .config import BACKGROUND_ALONE, SamplerConfig, WorldConfig
-from .detector import ConceptDetector, Detections, load_detector
+from .detector import ConceptDetector, load_detector
 from .io import MODEL_FILE, WEIGHTS_DIR, load_meta, load_model
 from .model import ToyModel
 from .renderer import object_phrase, sample_scene
@@ -74,16 +74,17 @@ def training_captions(world: WorldConfig, n: int, seed: int = MARGINAL_CAPTION_S
     return [sample_scene(rng, world).caption for _ in range(n)]
 
 
-def cooccurrence(det: Detections, world: WorldConfig) -> dict:
-    """Share of images per detected object and P(home background | object) against the config, with the
-    binomial standard error of the config's probability at that many detections."""
+def cooccurrence(images: torch.Tensor, detector: ConceptDetector) -> dict:
+    """Share of ``images`` per detected object and P(home background | object) against the config, with
+    the binomial standard error of the config's probability at that many detections."""
+    world, det = detector.world, detector.detect(images)
     rows: dict[str, dict] = {}
     for obj in world.objects:
-        has = det.objects[:, world.objects.index(obj)]
+        has = detector.present(det, obj)
         row: dict = {"count": int(has.sum()), "share": float(has.mean())}
         if obj in world.home_background and has.sum() > 0:
             home, p = world.home_background[obj]
-            got = float((det.background[has] == world.backgrounds.index(home)).mean())
+            got = float(detector.present(det, home)[has].mean())
             se = float(np.sqrt(p * (1 - p) / has.sum()))
             row.update(home=home, config=p, generated=got, gap=abs(got - p), standard_error=se,
                        within_gap=abs(got - p) <= MAX_COOCCURRENCE_GAP)
@@ -94,7 +95,7 @@ def cooccurrence(det: Detections, world: WorldConfig) -> dict:
         "max_gap": max(gaps, default=None),
         "all_within_gap": all(v["within_gap"] for v in rows.values() if "gap" in v),
         "object_share": float(det.objects.any(axis=1).mean()),
-        "background_share": {b: float((det.background == i).mean()) for i, b in enumerate(world.backgrounds)},
+        "background_share": {b: float(detector.present(det, b).mean()) for b in world.backgrounds},
     }
 
 
@@ -111,8 +112,7 @@ def score_quality(images: dict[str, torch.Tensor], detector: ConceptDetector) ->
             home, p = world.home_background[concept]
             got = float(detector.present(det, home).mean())
             cooc_prompt[concept] = {"home": home, "config": p, "generated": got, "gap": abs(got - p)}
-    unguided = {key: cooccurrence(detector.detect(images[key]), world)
-                for key in (UNCONDITIONAL_KEY, MARGINAL_KEY) if key in images}  # fmt: skip
+    unguided = {key: cooccurrence(images[key], detector) for key in (UNCONDITIONAL_KEY, MARGINAL_KEY) if key in images}
     return {
         "single_concept": single,
         "single_concept_min_rate": min(v["rate"] for v in single.values()),
