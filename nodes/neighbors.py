@@ -54,9 +54,10 @@ def _encoder(clip):
     if inner is None or not hasattr(inner, "state_dict"):
         return encoder  # nothing to fingerprint: works without a cache
     patches = str(getattr(getattr(clip, "patcher", None), "patches_uuid", ""))
-    key = (id(inner), patches)
+    layer = str(getattr(clip, "layer_idx", None))  # "CLIP Set Last Layer" changes the vectors, not the weights
+    key = (id(inner), patches, layer)
     if key not in _FINGERPRINTS:
-        _FINGERPRINTS[key] = nb.state_fingerprint(inner.state_dict(), f"{type(inner).__name__}|{patches}")
+        _FINGERPRINTS[key] = nb.state_fingerprint(inner.state_dict(), f"{type(inner).__name__}|{patches}|{layer}")
     return nb.FingerprintedEncoder(encoder, _FINGERPRINTS[key])
 
 

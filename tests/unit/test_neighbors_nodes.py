@@ -69,3 +69,29 @@ def test_vocabulary_choice_merges_shipped_and_extra(nodes_neighbors) -> None:
     vocab = module._vocabulary("animals", "my own thing")
     assert "my own thing" in vocab.concepts and "tench" in vocab.concepts
     assert module._vocab_choices()[0] == "all" and "animals" in module._vocab_choices()
+
+
+def test_vocabulary_cache_key_follows_the_clip_layer_and_weights(monkeypatch) -> None:
+    """Two CLIPs that encode differently must not share cached vocabulary encodings: clip skip
+    ("CLIP Set Last Layer") changes the vectors without changing a weight."""
+    import torch
+
+    comfy_stub.install(monkeypatch)
+    module = comfy_stub.fresh_import("nodes.neighbors")
+    try:
+        weights = torch.nn.Linear(4, 4)
+
+        def clip(layer_idx, model=weights):
+            return types.SimpleNamespace(
+                tokenize=lambda text: text, encode_from_tokens=lambda tokens, **kw: None,
+                cond_stage_model=model, layer_idx=layer_idx,
+            )
+
+        def fingerprint(c) -> str:
+            return module._encoder(c).fingerprint()
+
+        assert fingerprint(clip(None)) == fingerprint(clip(None))
+        assert fingerprint(clip(-2)) != fingerprint(clip(None))
+        assert fingerprint(clip(None, torch.nn.Linear(4, 4))) != fingerprint(clip(None))
+    finally:
+        comfy_stub.forget("nodes.neighbors")
