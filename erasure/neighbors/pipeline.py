@@ -22,7 +22,14 @@ from ..delta import LowRankUpdate
 from ..erase import EraseSettings, erase
 from ..sites import EditSite
 from ..vectors import TextEncoder, TokenScope
-from .embed import DEFAULT_SCOPE, DEFAULT_TEMPLATE, VocabularyEmbedding, embed_vocabulary, encoder_fingerprint
+from .embed import (
+    DEFAULT_SCOPE,
+    DEFAULT_TEMPLATE,
+    VocabularyEmbedding,
+    embed_vocabulary,
+    encoder_fingerprint,
+    state_fingerprint,
+)
 from .relation import RELATED_Z, SYNONYM_RESIDUAL, Relation, relate
 from .risk import DEFAULT_DENOISER_TOP_K, DenoiserDrift, RiskIndex, RiskReport, scan
 from .suggest import DEFAULT_TOP_K, Suggestion, suggest_from_risk, suggest_from_text
@@ -84,7 +91,9 @@ def risk_index(sites: Sequence[EditSite], encoder: TextEncoder, prepared: Prepar
     fingerprint = encoder_fingerprint(encoder)
     key = None
     if fingerprint is not None:
-        site_key = tuple((s.name, s.weight.data_ptr(), tuple(s.weight.shape), s.weight._version) for s in sites)
+        # The weights' content, not their identity: ComfyUI hands out freshly patched inference tensors
+        # (no version counter; a freed tensor's address is reused), and hashing is cheaper than the build.
+        site_key = state_fingerprint({s.name: s.weight for s in sites})
         key = (fingerprint, settings.template, settings.token_scope, prepared.vocabulary.digest(), site_key)
         if key in _INDEXES:
             _INDEXES.move_to_end(key)

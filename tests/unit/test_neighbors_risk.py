@@ -123,3 +123,23 @@ def test_pipeline_scan_protecting_the_top_risk_lowers_its_drift() -> None:
     assert "concepts" in before.stats and before.as_table().startswith("rank")
     with pytest.raises(ValueError, match="choose 'text' or 'risk'"):
         suggest_care("image", sites, enc, vocab, ["boat"])
+
+
+def test_risk_index_memo_follows_weight_content_and_takes_inference_tensors() -> None:
+    """ComfyUI hands the scan freshly patched weights made under ``torch.inference_mode()`` (no version
+    counter). Equal weights share an index; other weights (even at a reused address) get their own."""
+    from erasure.neighbors.pipeline import prepare, risk_index
+
+    vec, concepts = _world(width=32)
+    enc = VectorEncoder(vec, 32, fingerprint="world")
+    vocab = Vocabulary.from_pairs((c, "test") for c in concepts)
+    settings = NeighborSettings(use_cache=False)
+    prepared = prepare(enc, vocab, ["boat"], settings)
+    with torch.inference_mode():
+        sites = random_sites(width=32, outs=(48, 64, 48), seed=11)
+        same = random_sites(width=32, outs=(48, 64, 48), seed=11)
+        other = random_sites(width=32, outs=(48, 64, 48), seed=12)
+    first = risk_index(sites, enc, prepared, settings)
+    assert risk_index(same, enc, prepared, settings) is first
+    assert risk_index(other, enc, prepared, settings) is not first
+    assert not torch.equal(risk_index(other, enc, prepared, settings).output_energy, first.output_energy)
