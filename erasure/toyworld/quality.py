@@ -135,12 +135,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=Path, default=None,
                    help="sample only and save the images here (torch .pt); score later with --score-images")
     p.add_argument("--score-images", type=Path, default=None, help="score images saved by --images")
+    p.add_argument("--model", type=Path, default=WEIGHTS_DIR / MODEL_FILE, help="toy-model weights to score")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
     sampler = replace(SamplerConfig(), steps=args.steps)
-    model, world = load_model()
+    model, world = load_model(args.model)
     if args.score_images is not None:
         saved = torch.load(args.score_images)
         images, meta = saved["images"], saved["meta"]
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         images = sample_quality_images(model, world, args.seeds, args.unconditional, sampler)
         meta = {"seeds_per_prompt": args.seeds, "unconditional_samples": args.unconditional,
                 "sampler": asdict(sampler), "sample_seconds": round(time.time() - start, 1),
-                "model_stats": load_meta(WEIGHTS_DIR / MODEL_FILE)["stats"]}
+                "model_stats": load_meta(args.model)["stats"]}
         if args.images is not None:
             torch.save({"images": images, "meta": meta}, args.images)
             print(f"saved {sum(len(v) for v in images.values())} images to {args.images}")
