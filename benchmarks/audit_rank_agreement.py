@@ -66,20 +66,23 @@ def probes_for(target: str, care: tuple[str, ...], labels: tuple[str, ...], worl
     return [Probe(label, tag(label), toy_prompt(label, world)) for label in labels]
 
 
-def mean_probability(detector, images: torch.Tensor, concept: str) -> float:  # noqa: ANN001
-    """Detector's mean probability for ``concept`` (object sigmoid, or background softmax)."""
-    det = detector.detect(images)
+def mean_probability(detector, det, concept: str) -> float:  # noqa: ANN001
+    """Detector's mean probability for ``concept`` in detections ``det`` (object sigmoid, or background softmax)."""
     world = detector.world
     if concept in world.objects:
         return float(det.object_probs[:, world.objects.index(concept)].mean())
     return float(det.background_probs[:, world.backgrounds.index(concept)].mean())
 
 
-def flip_loss(detector, original: torch.Tensor, edited: torch.Tensor, concept: str) -> float:  # noqa: ANN001
-    """Share of paired seeds whose original image shows ``concept`` and whose edited image does not."""
-    before = detector.present(detector.detect(original), concept)
-    after = detector.present(detector.detect(edited), concept)
-    return float((before & ~after).mean())
+def detector_damage(detector, before, after, concept: str) -> dict[str, float]:  # noqa: ANN001
+    """From the detections of the original (``before``) and edited (``after``) images of one concept:
+    ``prob_loss``, the drop of the mean probability, and ``flip_loss``, the share of paired seeds whose
+    original image shows the concept and whose edited image does not."""
+    shown, kept = detector.present(before, concept), detector.present(after, concept)
+    return {
+        "prob_loss": mean_probability(detector, before, concept) - mean_probability(detector, after, concept),
+        "flip_loss": float((shown & ~kept).mean()),
+    }
 
 
 def correlations(rows: list[dict]) -> dict:
@@ -124,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return dict(zip(labels, flat.split(len(seeds))))
 
     original_images = images(model)
+    original_detections = {label: detector.detect(imgs) for label, imgs in original_images.items()}
     print(f"original images: {len(labels)} concepts x {len(seeds)} seeds ({time.time() - started:.0f} s)", flush=True)
     cases = []
     for target in args.targets:
@@ -148,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             rows = []
             for r in report.rows:
-                prob_loss = mean_probability(detector, original_images[r.concept], r.concept) - mean_probability(
-                    detector, edited_images[r.concept], r.concept
+                damage = detector_damage(
+                    detector, original_detections[r.concept], detector.detect(edited_images[r.concept]), r.concept
                 )
                 rows.append(
                     {
@@ -163,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                         "care_original": r.care_original,
                         "care_erased": r.care_edited,
                         "care_loss": r.care_loss,
-                        "flip_loss": flip_loss(detector, original_images[r.concept], edited_images[r.concept],
-                                               r.concept),
-                        "prob_loss": prob_loss,
+                        **damage,
                         "image_change": 1.0 - r.ssim,
                     }
                 )
