@@ -69,6 +69,15 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def _model_pair_inputs() -> list:
+    """The original and erased MODEL and their CLIP: what every comparison node reads."""
+    return [
+        io.Model.Input("model_original", tooltip="The MODEL before erasure."),
+        io.Model.Input("model_erased", tooltip="The MODEL after erasure (e.g. from CARE Erase Concepts)."),
+        io.Clip.Input("clip", tooltip="The text encoder loaded with these models."),
+    ]
+
+
 def _probe_inputs() -> list:
     return [
         io.Custom("CARE_CONCEPTS").Input(
@@ -158,9 +167,7 @@ class CAREComparisonGrid(io.ComfyNode):
                 "rows should change; the CARE and unrelated rows should not."
             ),
             inputs=[
-                io.Model.Input("model_original", tooltip="The MODEL before erasure."),
-                io.Model.Input("model_erased", tooltip="The MODEL after erasure (e.g. from CARE Erase Concepts)."),
-                io.Clip.Input("clip", tooltip="The text encoder loaded with these models."),
+                *_model_pair_inputs(),
                 io.Vae.Input("vae", tooltip="The VAE that decodes the samples."),
                 *_probe_inputs(),
                 io.String.Input(
@@ -345,9 +352,7 @@ class CAREAudit(io.ComfyNode):
                 "as text and JSON, a colour-coded table and a bar plot (target vs CARE vs unrelated)."
             ),
             inputs=[
-                io.Model.Input("model_original", tooltip="The MODEL before erasure."),
-                io.Model.Input("model_erased", tooltip="The MODEL after erasure."),
-                io.Clip.Input("clip", tooltip="The text encoder loaded with these models."),
+                *_model_pair_inputs(),
                 *_probe_inputs(),
                 Samples.Input(
                     "samples",
