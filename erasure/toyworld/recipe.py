@@ -62,7 +62,7 @@ def run(out: Path, work: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Re-run the five training stages of the committed toy model.")
+    p = argparse.ArgumentParser(description="Re-run the training stages of the committed toy model.")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR / MODEL_FILE)
     p.add_argument("--work", type=Path, default=Path(".cache/toyworld_stages"))
     args = p.parse_args(argv)

@@ -15,7 +15,15 @@ from erasure.sites import discover_sites
 from erasure.toyworld import demo
 from erasure.toyworld.detector import load_detector
 from erasure.toyworld.io import load_model
-from erasure.toyworld.quality import MARGINAL_KEY, UNCONDITIONAL_KEY, score_quality, single_concept_prompts
+from erasure.toyworld.quality import (
+    MARGINAL_KEY,
+    UNCONDITIONAL_KEY,
+    caption_agreement,
+    guided_marginal_key,
+    score_quality,
+    single_concept_prompts,
+    training_scenes,
+)
 from erasure.toyworld.renderer import Scene, render, sample_scene
 
 
@@ -48,9 +56,10 @@ def rendered_world(world, per_prompt: int, unconditional: int) -> dict[str, torc
         prompt: renders(scenes_for(concept, per_prompt, seed=i, world=world), seed=100 + i)
         for i, (prompt, concept) in enumerate(single_concept_prompts(world))
     }
-    for key, seed in ((UNCONDITIONAL_KEY, 7), (MARGINAL_KEY, 9)):
+    for key, seed in ((UNCONDITIONAL_KEY, 7), (guided_marginal_key(1.5), 11)):
         rng = np.random.default_rng(seed)
         images[key] = renders([sample_scene(rng, world) for _ in range(unconditional)], seed=seed + 1)
+    images[MARGINAL_KEY] = renders(training_scenes(world, unconditional), seed=10)  # drawn from its captions
     return images
 
 
@@ -59,11 +68,34 @@ def test_quality_check_passes_on_the_worlds_own_renders(detector) -> None:  # no
     result = score_quality(rendered_world(world, per_prompt=24, unconditional=1500), detector)
     assert result["single_concept_all_pass"], result["single_concept"]
     # 1,500 scenes: the object share and P(home | object) are the config's, up to sampling error.
-    for key in ("cooccurrence_empty_prompt", "cooccurrence_training_captions"):
-        assert abs(result[key]["object_share"] - result["config_object_share"]) < 0.04
-        for obj, row in result[key]["per_object"].items():
+    assert list(result["cooccurrence_training_captions_by_guidance"]) == ["1.5"]
+    scored = {key: result[key] for key in ("cooccurrence_empty_prompt", "cooccurrence_training_captions")}
+    scored["guidance 1.5"] = result["cooccurrence_training_captions_by_guidance"]["1.5"]
+    for key, summary in scored.items():
+        assert abs(summary["object_share"] - result["config_object_share"]) < 0.04
+        for obj, row in summary["per_object"].items():
             if "gap" in row:
                 assert row["gap"] < 4 * row["standard_error"] + 0.02, (key, obj, row)
+    # Renders of the training captions draw every captioned object and nothing else.
+    breakdown = result["training_captions_breakdown"]
+    detections = breakdown["home_object_detections"]
+    assert breakdown["captioned_objects_drawn"] > 0.98
+    assert detections["not_in_caption"]["count"] <= 0.01 * detections["captioned"]["count"]
+    for obj, row in breakdown["object_only_captions"].items():
+        if obj != "all":
+            p = world.home_background[obj][1]
+            assert abs(row["at_home"] - p) < 4 * np.sqrt(p * (1 - p) / row["count"]) + 0.02, (obj, row)
+
+
+def test_caption_agreement_sees_images_that_do_not_follow_their_captions(detector) -> None:  # noqa: ANN001
+    world = detector.world
+    scenes = training_scenes(world, 400)
+    images = renders(scenes, seed=3)
+    follows = caption_agreement(images, scenes, detector)
+    shifted = caption_agreement(images.roll(1, dims=0), scenes, detector)  # each image from the next caption
+    assert follows["captioned_objects_drawn"] > 0.98 > 0.3 > shifted["captioned_objects_drawn"]
+    moved = shifted["home_object_detections"]["not_in_caption"]["count"]
+    assert moved > 10 * max(1, follows["home_object_detections"]["not_in_caption"]["count"])
 
 
 def test_quality_check_fails_a_model_that_ignores_the_prompt(detector) -> None:  # noqa: ANN001
