@@ -134,18 +134,19 @@ def caption_agreement(images: torch.Tensor, scenes: Sequence[Scene], detector: C
       object was drawn: the background the model chose itself.
     """
     world, det = detector.world, detector.detect(images)
+    present = {label: detector.present(det, label) for label in world.labels}
     named, drawn = 0, 0
     kinds = {"captioned": [0, 0], "not_in_caption": [0, 0]}  # [count, at home]
     object_only: dict[str, list[int]] = {obj: [0, 0] for obj in world.home_background}
     for i, scene in enumerate(scenes):
         if scene.obj is not None:
             named += 1
-            drawn += bool(detector.present(det, scene.obj)[i])
+            drawn += bool(present[scene.obj][i])
         names_background = scene.obj is not None and BACKGROUND_AFTER_OBJECT[scene.background] in scene.caption
         for obj, (home, _) in world.home_background.items():
-            if not detector.present(det, obj)[i]:
+            if not present[obj][i]:
                 continue
-            at_home = bool(detector.present(det, home)[i])
+            at_home = bool(present[home][i])
             kind = kinds["captioned" if obj == scene.obj else "not_in_caption"]
             kind[0] += 1
             kind[1] += at_home
